@@ -1,0 +1,61 @@
+# logship: make setup | make run | make test | make bench
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+KAFKA_LIBS := .cache/kafka-libs
+LOCAL := .local
+ETCD_PORT ?= 2379
+KAFKA_PORT ?= 9092
+
+.PHONY: setup system-packages venv kafka-jars run test unit e2e bench clean
+
+setup: system-packages venv kafka-jars
+
+# Debian packages for the local services: etcd, a JDK and Maven (Kafka's jars).
+system-packages:
+	@missing=""; \
+	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
+	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+kafka-jars: $(KAFKA_LIBS)/.fetched
+
+$(KAFKA_LIBS)/.fetched: scripts/kafka/pom.xml
+	rm -rf $(KAFKA_LIBS)
+	mvn -q -B -f scripts/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=$(abspath $(KAFKA_LIBS))
+	touch $@
+
+# Brings up a local etcd and Kafka when config.yaml's endpoints do not answer, then runs
+# the agent in the foreground. Stop it with Ctrl-C; `make stop-local` stops the services.
+run: setup
+	@scripts/ensure-local-services.sh config.yaml $(LOCAL)
+	$(VENV)/bin/logship run --config config.yaml
+
+stop-local:
+	scripts/local-kafka.sh stop $(KAFKA_PORT) $(LOCAL)/kafka
+	scripts/local-etcd.sh stop $(ETCD_PORT) $(LOCAL)/etcd
+
+test: setup
+	$(VENV)/bin/pytest -q -ra
+
+unit: venv
+	$(VENV)/bin/pytest -q -m "not e2e"
+
+bench: setup
+	$(VENV)/bin/python scripts/bench.py
+
+clean:
+	rm -rf $(VENV) $(KAFKA_LIBS) $(LOCAL) state

@@ -1,0 +1,219 @@
+"""The root supervisor: owns managers, the static entries, the workers and shared clients.
+
+Everything that starts or stops a thread happens on the agent's own loop (the main
+thread): managers only declare their targets, signal handlers and file events only
+raise flags. The loop merges the declarations into one target per (path, topic),
+reconciles the workers, restarts crashed children after their backoff, and applies
+config reloads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from logship.checkpoint import CheckpointStore, CheckpointWriter
+from logship.config import Config, load_config
+from logship.errors import ConfigError
+from logship.etcd_source import EtcdSource
+from logship.fswatch import DirWatcher, Subscription
+from logship.manager import Manager
+from logship.metrics import Metrics, MetricsServer
+from logship.sink import Sink
+from logship.spec import Target
+from logship.supervisor import Supervisor
+from logship.worker import Worker
+
+log = logging.getLogger(__name__)
+
+STATIC_OWNER = "config"
+TICK = 0.2
+RELOAD_SETTLE = 0.3
+CHECKPOINT_INTERVAL = 1.0
+HEALTHY_WITHIN = 10.0
+
+
+class Agent:
+    def __init__(self, config_path: Path, config: Config) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.metrics = Metrics()
+        self.store = CheckpointStore(config.state_dir)
+        self.watcher = DirWatcher()
+        self.sink = Sink(config.kafka)
+        self.source = EtcdSource(config.etcd)
+        self._lock = threading.Lock()
+        self._declared: dict[str, tuple[Target, ...]] = {}
+        self._declarations_changed = True
+        self._wakeup = threading.Event()
+        self._stop_requested = False
+        self._reload_requested_at: float | None = None
+        self._heartbeat = time.monotonic()
+        self.managers: Supervisor[str, str] = Supervisor(
+            "manager", self._new_manager, lambda key: self.metrics.manager_restarts.labels(key).inc())
+        self.workers: Supervisor[tuple[str, str], Target] = Supervisor(
+            "worker", self._new_worker,
+            lambda target: self.metrics.worker_restarts.labels(target.topic).inc())
+        self._writer = CheckpointWriter(self.store, CHECKPOINT_INTERVAL, self._configured_targets)
+        self._metrics_server: MetricsServer | None = None
+        self._config_subscription: Subscription | None = None
+
+    # -- called from other threads or signal handlers: only set flags -------------
+
+    def declare(self, owner: str, targets: tuple[Target, ...]) -> None:
+        with self._lock:
+            self._declared[owner] = targets
+            self._declarations_changed = True
+        self._wakeup.set()
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+
+    def request_reload(self) -> None:
+        self._reload_requested_at = time.monotonic()
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self._heartbeat < HEALTHY_WITHIN
+
+    # -- the agent's loop -----------------------------------------------------------
+
+    def run(self) -> None:
+        self._start()
+        try:
+            while not self._stop_requested:
+                self._tick(time.monotonic())
+                self._wakeup.wait(TICK)
+                self._wakeup.clear()
+        finally:
+            self._shutdown()
+
+    def _start(self) -> None:
+        self.store.load()
+        self.watcher.start()
+        self._config_subscription = self.watcher.subscribe(str(self.config_path),
+                                                           self.request_reload)
+        self._start_metrics()
+        self._writer.start()
+        self.declare(STATIC_OWNER, self.config.logs)
+        self.managers.reconcile({key: key for key in self.config.etcd.keys})
+        log.info("agent started: %d etcd key(s), %d static entr(ies), state in %s",
+                 len(self.config.etcd.keys), len(self.config.logs), self.config.state_dir)
+
+    def _tick(self, now: float) -> None:
+        self._heartbeat = now
+        requested = self._reload_requested_at
+        if requested is not None and now - requested >= RELOAD_SETTLE:
+            self._reload_requested_at = None
+            self.reload()
+        if self._declarations_changed:
+            self._reconcile_workers()
+        self.managers.supervise(now)
+        self.workers.supervise(now)
+
+    def _reconcile_workers(self) -> None:
+        with self._lock:
+            self._declarations_changed = False
+            declared = dict(self._declared)
+        desired: dict[tuple[str, str], Target] = {}
+        for targets in declared.values():
+            for target in targets:
+                desired.setdefault(target.id, target)
+        self.workers.reconcile(desired)
+        self.metrics.set_running({owner: len(targets) for owner, targets in declared.items()})
+
+    def _configured_targets(self) -> set[tuple[str, str]] | None:
+        """What runs now, once every key has been read; None before (expire nothing)."""
+        with self._lock:
+            if not set(self.config.etcd.keys) <= set(self._declared):
+                return None
+            return {(t.topic, t.path) for targets in self._declared.values() for t in targets}
+
+    def _new_manager(self, key: str) -> Manager:
+        return Manager(key, self.source, self.config.allowed_paths, self.declare, self.metrics,
+                       self.config.etcd.probe_interval)
+
+    def _new_worker(self, target: Target) -> Worker:
+        return Worker(target, self.config.files, self.config.allowed_paths, self.sink, self.store,
+                      self.watcher, self.metrics)
+
+    def _start_metrics(self) -> None:
+        listen = self.config.metrics_listen
+        if listen is None:
+            return
+        try:
+            self._metrics_server = MetricsServer(self.metrics, listen, self.healthy)
+        except OSError as exc:
+            log.error("metrics.listen %s:%d: cannot listen: %s; metrics disabled",
+                      listen[0], listen[1], exc.strerror)
+            return
+        self._metrics_server.start()
+
+    def _stop_metrics(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+            self._metrics_server = None
+
+    # -- reload -----------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Apply config.yaml again; a config that fails keeps the running one."""
+        try:
+            new = load_config(self.config_path)
+            sink = Sink(new.kafka) if new.kafka != self.config.kafka else self.sink
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("error").inc()
+            log.error("config reload refused, keeping the running config: %s", exc)
+            return
+        for warning in new.warnings:
+            log.warning("config: %s", warning)
+        if new == self.config:
+            self.metrics.config_reloads.labels("unchanged").inc()
+            log.info("config reloaded: unchanged")
+            return
+        self._apply(new, sink)
+        self.metrics.config_reloads.labels("ok").inc()
+        log.info("config reloaded from %s", self.config_path)
+
+    def _apply(self, new: Config, sink: Sink) -> None:
+        old = self.config
+        self.config = new
+        if new.state_dir != old.state_dir:
+            log.warning("state_dir changed to %s: takes effect at the next start", new.state_dir)
+        if new.metrics_listen != old.metrics_listen:
+            self._stop_metrics()
+            self._start_metrics()
+        if sink is not self.sink or new.files != old.files or new.allowed_paths != old.allowed_paths:
+            self.workers.stop_all()
+            if sink is not self.sink:
+                self.sink.close(timeout=2.0)
+                self.sink = sink
+                log.info("kafka settings changed: producer rebuilt")
+        if replace(new.etcd, keys=()) != replace(old.etcd, keys=()) \
+                or new.allowed_paths != old.allowed_paths:
+            self.source = EtcdSource(new.etcd)
+            self.managers.stop_all()
+        self.managers.reconcile({key: key for key in new.etcd.keys})
+        with self._lock:
+            for key in set(self._declared) - set(new.etcd.keys) - {STATIC_OWNER}:
+                del self._declared[key]
+        self.declare(STATIC_OWNER, new.logs)
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Stop reading, wait for acknowledgements, save offsets, close the clients."""
+        log.info("agent stopping")
+        self.managers.stop_all()
+        self.workers.stop_all()
+        self._writer.stop()
+        self._writer.join(5)
+        self._writer.flush()
+        self.sink.close(timeout=2.0)
+        if self._config_subscription is not None:
+            self.watcher.unsubscribe(self._config_subscription)
+        self.watcher.stop()
+        self._stop_metrics()
+        log.info("agent stopped")

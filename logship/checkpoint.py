@@ -1,0 +1,147 @@
+"""Read offsets that Kafka has acknowledged, per file identity, saved atomically.
+
+Workers publish a FileCheckpoint only for offsets up to which every line was
+acknowledged. A writer thread saves the whole store when something changed: temp file,
+fsync, rename, fsync of the directory. A crash at any point leaves either the old or
+the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from logship.supervisor import Service
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "checkpoints.json"
+
+
+@dataclass(frozen=True)
+class FileCheckpoint:
+    path: str
+    topic: str
+    dev: int
+    ino: int
+    fp_len: int
+    fp: str
+    offset: int
+
+    @property
+    def key(self) -> tuple[str, str, int, int]:
+        return (self.topic, self.path, self.dev, self.ino)
+
+
+class CheckpointStore:
+    """In-memory offsets shared by workers (one update per acknowledged batch)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.file = state_dir / FILE_NAME
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, str, int, int], FileCheckpoint] = {}
+        self._started: set[tuple[str, str]] = set()
+        self._version = 0
+        self._saved_version = 0
+
+    def load(self) -> None:
+        """Read the saved offsets; a damaged file is set aside, never fatal."""
+        try:
+            raw = json.loads(self.file.read_text(encoding="utf-8"))
+            entries = [FileCheckpoint(**item) for item in raw["files"]]
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            aside = self.file.with_suffix(".corrupt")
+            log.error("state file %s is unreadable (%s); moved to %s, starting without offsets",
+                      self.file, exc, aside)
+            os.replace(self.file, aside)
+            return
+        with self._lock:
+            self._entries = {cp.key: cp for cp in entries}
+        log.info("loaded %d checkpoints from %s", len(entries), self.file)
+
+    def first_start(self, topic: str, path: str) -> bool:
+        """True the first time a target starts in this process (read_from applies then)."""
+        with self._lock:
+            first = (topic, path) not in self._started
+            self._started.add((topic, path))
+            return first
+
+    def for_target(self, topic: str, path: str) -> list[FileCheckpoint]:
+        with self._lock:
+            return [cp for cp in self._entries.values() if cp.topic == topic and cp.path == path]
+
+    def update(self, checkpoint: FileCheckpoint) -> None:
+        with self._lock:
+            if self._entries.get(checkpoint.key) != checkpoint:
+                self._entries[checkpoint.key] = checkpoint
+                self._version += 1
+
+    def remove(self, checkpoint: FileCheckpoint) -> None:
+        with self._lock:
+            if self._entries.pop(checkpoint.key, None) is not None:
+                self._version += 1
+
+    def expire(self, configured: set[tuple[str, str]]) -> None:
+        """Forget files that are gone and whose (topic, path) is no longer configured."""
+        with self._lock:
+            stale = [key for key, cp in self._entries.items()
+                     if (cp.topic, cp.path) not in configured and not os.path.exists(cp.path)]
+            for key in stale:
+                del self._entries[key]
+            self._version += bool(stale)
+
+    def save(self) -> None:
+        """Write if anything changed since the last save."""
+        with self._lock:
+            version = self._version
+            if version == self._saved_version:
+                return
+            data = {"version": 1, "files": [asdict(cp) for cp in self._entries.values()]}
+        _write_atomically(self.file, json.dumps(data, indent=1).encode())
+        self._saved_version = version
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class CheckpointWriter(Service):
+    """Saves the store on a timer, batching many acknowledgements into one write."""
+
+    def __init__(self, store: CheckpointStore, interval: float,
+                 configured: Callable[[], set[tuple[str, str]] | None]) -> None:
+        super().__init__(name="checkpoint-writer")
+        self._store = store
+        self._interval = interval
+        self._configured = configured
+
+    def serve(self) -> None:
+        while not self.stopping.wait(self._interval):
+            self.flush()
+
+    def flush(self) -> None:
+        configured = self._configured()
+        if configured is not None:
+            self._store.expire(configured)
+        try:
+            self._store.save()
+        except OSError as exc:
+            log.error("cannot save checkpoints to %s: %s", self._store.file, exc)

@@ -1,0 +1,112 @@
+"""Command line: run, check, put, get. Errors are one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from logship.agent import Agent
+from logship.config import Config, load_config
+from logship.errors import LogshipError, SpecError
+from logship.etcd_source import ETCD_ERRORS, EtcdSource, describe
+from logship.spec import parse_value
+
+log = logging.getLogger("logship")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    try:
+        return args.func(args)
+    except LogshipError as exc:
+        print(f"logship: error: {exc}", file=sys.stderr)
+        return 1
+    except ETCD_ERRORS as exc:
+        print(f"logship: error: etcd: {describe(exc)}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="logship", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        sub.add_argument("--config", default="config.yaml", type=Path,
+                         help="path of config.yaml (default: ./config.yaml)")
+        sub.set_defaults(func=func)
+        return sub
+
+    command("run", run, "ship files until SIGTERM or SIGINT")
+    command("check", check, "validate the config")
+    put = command("put", put_value, "validate a JSON value and write it to etcd")
+    put.add_argument("key")
+    put.add_argument("file", help="a JSON file, or - for standard input")
+    get = command("get", get_value, "print the value stored under KEY")
+    get.add_argument("key")
+    return parser
+
+
+def _load(path: Path, strict: bool = False) -> Config:
+    config = load_config(path, strict=strict)
+    for warning in config.warnings:
+        log.warning("config: %s", warning)
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    agent = Agent(args.config, _load(args.config))
+    signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
+    signal.signal(signal.SIGHUP, lambda *_: agent.request_reload())
+    agent.run()
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    config = load_config(args.config, strict=True)
+    print(f"{args.config}: ok ({len(config.etcd.keys)} etcd key(s), "
+          f"{len(config.logs)} static entr(ies))")
+    return 0
+
+
+def put_value(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    try:
+        raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        raise LogshipError(f"{args.file}: cannot read: {exc.strerror}") from None
+    try:
+        parsed = parse_value(raw, config.allowed_paths)
+    except SpecError as exc:
+        raise SpecError(f"key={args.key}: {exc}; nothing written") from None
+    if parsed.rejected:
+        raise SpecError(f"key={args.key}: value refused, nothing written: "
+                        + "; ".join(parsed.rejected))
+    session = EtcdSource(config.etcd).connect()
+    try:
+        session.put(args.key, raw)
+    finally:
+        session.close()
+    print(f"key={args.key}: wrote {len(parsed.targets)} entries")
+    return 0
+
+
+def get_value(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    session = EtcdSource(config.etcd).connect()
+    try:
+        value, _ = session.read(args.key)
+    finally:
+        session.close()
+    if value is None:
+        raise LogshipError(f"key={args.key}: not found")
+    sys.stdout.write(value.decode("utf-8", errors="replace").rstrip("\n") + "\n")
+    return 0

@@ -1,0 +1,259 @@
+"""config.yaml: load, validate into frozen dataclasses, report errors by field name.
+
+Validation is strict about types and values; unknown keys are collected as warnings so
+that `logship check` can refuse them while `logship run` only warns (an operator who
+adds a setting for a newer version must not take the agent down).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from logship.errors import ConfigError
+from logship.sink import check_producer_settings
+from logship.spec import Target, check_allowed, parse_entry, split_host_port
+
+DEFAULT_ALLOWED_PATHS = ("/var/log/**",)
+
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    endpoints: tuple[tuple[str, int], ...]
+    keys: tuple[str, ...]
+    timeout: float = 5.0
+    probe_interval: float = 5.0
+    ca_cert: str | None = None
+    cert_key: str | None = None
+    cert_cert: str | None = None
+    user: str | None = None
+    password: str | None = None
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap_servers: tuple[str, ...]
+    api_version: str = "2.8"
+    max_block_ms: int = 3000
+    max_request_size: int = 8 * 1024 * 1024
+    buffer_bytes: int = 64 * 1024 * 1024
+    producer: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class FilesConfig:
+    poll_interval: float = 1.0
+    read_chunk_bytes: int = 1024 * 1024
+    max_line_bytes: int = 4 * 1024 * 1024
+    max_in_flight_lines: int = 20000
+    max_in_flight_bytes: int = 16 * 1024 * 1024
+    close_rotated_after: float = 5.0
+    close_removed_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class Config:
+    etcd: EtcdConfig
+    kafka: KafkaConfig
+    files: FilesConfig = field(default_factory=FilesConfig)
+    logs: tuple[Target, ...] = ()
+    allowed_paths: tuple[str, ...] = DEFAULT_ALLOWED_PATHS
+    state_dir: Path = Path("state")
+    metrics_listen: tuple[str, int] | None = None
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+class _Section:
+    """Reads one mapping of the YAML document and remembers which keys were used."""
+
+    def __init__(self, data: Any, name: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{name}: must be a mapping, got {_type(data)}")
+        self.data = data
+        self.name = name
+        self.used: set[str] = set()
+
+    def field(self, key: str) -> str:
+        return f"{self.name}.{key}" if self.name else key
+
+    def get(self, key: str, convert: Callable[[Any, str], Any], default: Any = ...) -> Any:
+        self.used.add(key)
+        if key not in self.data or self.data[key] is None:
+            if default is ...:
+                raise ConfigError(f"{self.field(key)}: required")
+            return default
+        return convert(self.data[key], self.field(key))
+
+    def unknown(self) -> list[str]:
+        return [f"{self.field(str(k))}: unknown setting" for k in self.data if k not in self.used]
+
+
+def _type(value: Any) -> str:
+    return type(value).__name__
+
+
+def _as_is(value: Any, name: str) -> Any:
+    return value
+
+
+def _str(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name}: must be a non-empty string, got {value!r}")
+    return value
+
+
+def _number(minimum: float) -> Callable[[Any, str], float]:
+    def convert(value: Any, name: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            raise ConfigError(f"{name}: must be a number >= {minimum}, got {value!r}")
+        return float(value)
+    return convert
+
+
+def _int(minimum: int) -> Callable[[Any, str], int]:
+    def convert(value: Any, name: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+        return value
+    return convert
+
+
+def _list_of(item: Callable[[Any, str], Any]) -> Callable[[Any, str], tuple]:
+    def convert(value: Any, name: str) -> tuple:
+        if isinstance(value, str) or not isinstance(value, list) or not value:
+            raise ConfigError(f"{name}: must be a non-empty list, got {value!r}")
+        return tuple(item(v, f"{name}[{i}]") for i, v in enumerate(value))
+    return convert
+
+
+def _endpoint(value: Any, name: str) -> tuple[str, int]:
+    try:
+        return split_host_port(_str(value, name))
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _api_version(value: Any, name: str) -> str:
+    text = str(value)
+    if not all(part.isdigit() for part in text.split(".")):
+        raise ConfigError(f"{name}: must look like '2.8', got {value!r}")
+    return text
+
+
+def _mapping(value: Any, name: str) -> tuple[tuple[str, Any], ...]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: must be a mapping of kafka-python producer settings")
+    check_producer_settings(value, name)
+    return tuple(sorted((str(k), v) for k, v in value.items()))
+
+
+def _etcd(section: _Section) -> EtcdConfig:
+    return EtcdConfig(
+        endpoints=section.get("endpoints", _list_of(_endpoint)),
+        keys=section.get("keys", _list_of(_str)),
+        timeout=section.get("timeout", _number(0.1), 5.0),
+        probe_interval=section.get("probe_interval", _number(0.1), 5.0),
+        ca_cert=section.get("ca_cert", _str, None),
+        cert_key=section.get("cert_key", _str, None),
+        cert_cert=section.get("cert_cert", _str, None),
+        user=section.get("user", _str, None),
+        password=section.get("password", _str, None),
+    )
+
+
+def _kafka(section: _Section) -> KafkaConfig:
+    return KafkaConfig(
+        bootstrap_servers=section.get("bootstrap_servers", _list_of(_str)),
+        api_version=section.get("api_version", _api_version, "2.8"),
+        max_block_ms=section.get("max_block_ms", _int(100), 3000),
+        max_request_size=section.get("max_request_size", _int(1024), 8 * 1024 * 1024),
+        buffer_bytes=section.get("buffer_bytes", _int(1024 * 1024), 64 * 1024 * 1024),
+        producer=section.get("producer", _mapping, ()),
+    )
+
+
+def _files(section: _Section) -> FilesConfig:
+    defaults = FilesConfig()
+    return FilesConfig(
+        poll_interval=section.get("poll_interval", _number(0.05), defaults.poll_interval),
+        read_chunk_bytes=section.get("read_chunk_bytes", _int(4096), defaults.read_chunk_bytes),
+        max_line_bytes=section.get("max_line_bytes", _int(1024), defaults.max_line_bytes),
+        max_in_flight_lines=section.get("max_in_flight_lines", _int(1), defaults.max_in_flight_lines),
+        max_in_flight_bytes=section.get("max_in_flight_bytes", _int(4096), defaults.max_in_flight_bytes),
+        close_rotated_after=section.get("close_rotated_after", _number(0), defaults.close_rotated_after),
+        close_removed_timeout=section.get(
+            "close_removed_timeout", _number(0), defaults.close_removed_timeout),
+    )
+
+
+def _logs(value: Any, name: str) -> tuple[Target, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{name}: must be a list of {{path, topic}} entries")
+    targets = []
+    for i, entry in enumerate(value):
+        try:
+            targets.append(parse_entry(entry))
+        except ValueError as exc:
+            raise ConfigError(f"{name}[{i}]: {exc}") from None
+    return tuple(targets)
+
+
+def _metrics(section: _Section) -> tuple[str, int] | None:
+    return section.get("listen", _endpoint, None)
+
+
+def parse_config(data: Any, base_dir: Path) -> Config:
+    """Validate a parsed YAML document; relative paths are taken from base_dir."""
+    root = _Section(data, "")
+    sections = {name: _Section(root.get(name, _as_is, None), name)
+                for name in ("etcd", "kafka", "files", "metrics")}
+    state_dir = Path(root.get("state_dir", _str, "state"))
+    config = Config(
+        etcd=_etcd(sections["etcd"]),
+        kafka=_kafka(sections["kafka"]),
+        files=_files(sections["files"]),
+        logs=root.get("logs", _logs, ()),
+        allowed_paths=root.get("allowed_paths", _list_of(_allowed_glob), DEFAULT_ALLOWED_PATHS),
+        state_dir=state_dir if state_dir.is_absolute() else base_dir / state_dir,
+        metrics_listen=_metrics(sections["metrics"]),
+    )
+    for index, target in enumerate(config.logs):
+        try:
+            check_allowed(target, config.allowed_paths)
+        except ValueError as exc:
+            raise ConfigError(f"logs[{index}]: {exc}") from None
+    unknown = root.unknown() + [w for s in sections.values() for w in s.unknown()]
+    return replace(config, warnings=tuple(unknown))
+
+
+def _allowed_glob(value: Any, name: str) -> str:
+    text = _str(value, name)
+    if not text.startswith("/"):
+        raise ConfigError(f"{name}: must be an absolute glob, got {text!r}")
+    return text
+
+
+def load_config(path: str | os.PathLike, strict: bool = False) -> Config:
+    """Read and validate the file; strict turns unknown settings into errors."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        config = parse_config(data, path.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if strict and config.warnings:
+        raise ConfigError(f"{path}: " + "; ".join(config.warnings))
+    return config

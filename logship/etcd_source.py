@@ -1,0 +1,132 @@
+"""The only importer of etcd3: connect with failover, read, watch from a revision.
+
+etcd3 0.12 neither re-creates a watch after the server restarts nor backs off while it
+is down (its watch thread spins at full CPU). So a session is disposable: any error
+closes its client, which ends etcd3's watch thread, and the caller backs off and opens
+a new session against the next endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import etcd3
+import etcd3.exceptions
+import grpc
+
+from logship.config import EtcdConfig
+from logship.errors import EtcdUnavailable
+
+log = logging.getLogger(__name__)
+
+ETCD_ERRORS = (etcd3.exceptions.Etcd3Exception, grpc.RpcError, ValueError)
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    """The key's value after a watch event; None when the key was deleted."""
+
+    value: bytes | None
+
+
+WAKE = object()
+"""Put on a session's queue to wake its reader, e.g. when it is asked to stop."""
+
+
+class EtcdSession:
+    """One client on one endpoint. Watch events and errors arrive on `events`."""
+
+    def __init__(self, client: Any, endpoint: str) -> None:
+        self._client = client
+        self.endpoint = endpoint
+        self.events: queue.Queue[KeyChange | BaseException | object] = queue.Queue()
+
+    def read(self, key: str) -> tuple[bytes | None, int]:
+        """The value (None if absent) and the revision it was read at."""
+        response = self._client.get_response(key)
+        value = response.kvs[0].value if response.kvs else None
+        return value, response.header.revision
+
+    def watch(self, key: str, start_revision: int) -> None:
+        self._client.add_watch_callback(key, self._on_watch, start_revision=start_revision)
+
+    def _on_watch(self, response: Any) -> None:
+        """Runs on etcd3's watch thread: only hand over, never block."""
+        if isinstance(response, BaseException):
+            self.events.put(response)
+            return
+        for event in response.events[-1:]:
+            deleted = isinstance(event, etcd3.events.DeleteEvent)
+            self.events.put(KeyChange(None if deleted else event.value))
+
+    def probe(self) -> None:
+        """A cheap call with a timeout: notices a server that hangs without an error."""
+        self._client.status()
+
+    def put(self, key: str, value: bytes) -> None:
+        self._client.put(key, value)
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except ETCD_ERRORS:
+            pass
+
+
+def _quiet_closed_watch_thread(args: threading.ExceptHookArgs) -> None:
+    """etcd3 0.12's watch thread has no stop: it ends by failing on its closed channel."""
+    thread = args.thread
+    if thread is not None and thread.name.startswith("etcd3_watch_") \
+            and isinstance(args.exc_value, ValueError):
+        return
+    _default_excepthook(args)
+
+
+_default_excepthook = threading.excepthook
+
+
+class EtcdSource:
+    """Opens sessions, trying the configured endpoints from the last one that worked."""
+
+    def __init__(self, config: EtcdConfig) -> None:
+        self._config = config
+        self._preferred = 0
+        threading.excepthook = _quiet_closed_watch_thread
+
+    def connect(self) -> EtcdSession:
+        endpoints = self._config.endpoints
+        errors = []
+        for step in range(len(endpoints)):
+            index = (self._preferred + step) % len(endpoints)
+            host, port = endpoints[index]
+            try:
+                session = self._open(host, port)
+            except ETCD_ERRORS as exc:
+                errors.append(f"{host}:{port}: {describe(exc)}")
+                continue
+            self._preferred = index
+            return session
+        raise EtcdUnavailable("no etcd endpoint answered (" + "; ".join(errors) + ")")
+
+    def _open(self, host: str, port: int) -> EtcdSession:
+        cfg = self._config
+        client = etcd3.client(host=host, port=port, timeout=cfg.timeout, ca_cert=cfg.ca_cert,
+                              cert_key=cfg.cert_key, cert_cert=cfg.cert_cert,
+                              user=cfg.user, password=cfg.password)
+        session = EtcdSession(client, f"{host}:{port}")
+        try:
+            session.probe()
+        except ETCD_ERRORS:
+            session.close()
+            raise
+        return session
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "details"):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,88 @@
+"""Prometheus metrics (prometheus-client) and the HTTP endpoint for /metrics and /healthz.
+
+Each agent has its own registry. Hot paths resolve their labelled children once (at
+worker start) and only call inc() per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Iterable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+
+log = logging.getLogger(__name__)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.lines_read = Counter("logship_lines_read", "Lines read from files.", ["topic"], registry=r)
+        self.lines_sent = Counter("logship_lines_sent", "Lines acknowledged by Kafka.", ["topic"],
+                                  registry=r)
+        self.bytes_sent = Counter("logship_bytes_sent", "Line bytes acknowledged by Kafka.",
+                                  ["topic"], registry=r)
+        self.send_errors = Counter("logship_send_errors", "Records Kafka failed to acknowledge.",
+                                   ["topic"], registry=r)
+        self.lines_skipped = Counter("logship_lines_skipped",
+                                     "Lines deliberately not shipped (too large, truncated).",
+                                     ["topic", "reason"], registry=r)
+        self.workers_running = Gauge("logship_workers_running",
+                                     "Files followed per etcd key ('config' for logs:).", ["key"],
+                                     registry=r)
+        self.worker_restarts = Counter("logship_worker_restarts", "Worker restarts after a failure.",
+                                       ["topic"], registry=r)
+        self.manager_restarts = Counter("logship_manager_restarts",
+                                        "Manager restarts after a crash.", ["key"], registry=r)
+        self.etcd_errors = Counter("logship_etcd_errors", "etcd sessions lost or refused.", ["key"],
+                                   registry=r)
+        self.value_errors = Counter("logship_etcd_value_errors",
+                                    "etcd values or entries refused.", ["key"], registry=r)
+        self.config_reloads = Counter("logship_config_reloads", "Config reloads by result.",
+                                      ["result"], registry=r)
+        self.in_flight_bytes = Gauge("logship_in_flight_bytes",
+                                     "Line bytes sent and not yet acknowledged.", registry=r)
+
+    def set_running(self, counts: dict[str, int]) -> None:
+        """Publish per-key file counts; a key that was removed disappears."""
+        self.workers_running.clear()
+        for key, count in counts.items():
+            self.workers_running.labels(key).set(count)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not events an operator cares about."""
+
+
+class MetricsServer:
+    """Serves /metrics and /healthz on its own thread until stop()."""
+
+    def __init__(self, metrics: Metrics, listen: tuple[str, int], healthy: Callable[[], bool]) -> None:
+        self._metrics_app = make_wsgi_app(metrics.registry)
+        self._healthy = healthy
+        self._server: WSGIServer = make_server(listen[0], listen[1], self._app,
+                                               handler_class=_QuietHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
+                                        kwargs={"poll_interval": 0.5}, daemon=True)
+        self.address = f"{listen[0]}:{self._server.server_port}"
+
+    def _app(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/healthz":
+            ok = self._healthy()
+            start_response("200 OK" if ok else "503 Service Unavailable",
+                           [("Content-Type", "text/plain")])
+            return [b"ok\n" if ok else b"unhealthy\n"]
+        return self._metrics_app(environ, start_response)
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("metrics on http://%s/metrics", self.address)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

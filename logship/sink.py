@@ -1,0 +1,126 @@
+"""The only importer of kafka: one shared producer and the agent-wide in-flight budget.
+
+kafka-python has no memory cap of its own, so the budget counts line bytes sent and
+not yet acknowledged; workers stop reading while it is spent. A record is one line:
+value = the line, key = the file's path, headers = path, host, offset.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import TYPE_CHECKING, Any, Sequence
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
+from kafka.producer.future import FutureRecordMetadata
+
+from logship.errors import ConfigError, SinkError
+
+if TYPE_CHECKING:
+    from logship.config import KafkaConfig
+
+log = logging.getLogger(__name__)
+
+Future = FutureRecordMetadata
+
+MANAGED = {
+    "bootstrap_servers": "kafka.bootstrap_servers",
+    "api_version": "kafka.api_version",
+    "max_block_ms": "kafka.max_block_ms",
+    "max_request_size": "kafka.max_request_size",
+    "acks": "nothing: logship always uses acks=all",
+    "key_serializer": "nothing: keys are the file paths",
+    "value_serializer": "nothing: values are the lines",
+}
+DEFAULTS = {"linger_ms": 5, "batch_size": 256 * 1024}
+
+
+def check_producer_settings(settings: dict[str, Any], field: str) -> None:
+    """Refuse settings kafka-python does not know, and those logship manages itself."""
+    for name in settings:
+        if name in MANAGED:
+            raise ConfigError(f"{field}.{name}: managed by logship; set {MANAGED[name]}")
+        if name not in KafkaProducer.DEFAULT_CONFIG:
+            raise ConfigError(f"{field}.{name}: not a kafka-python producer setting")
+
+
+def is_too_large(error: BaseException | None) -> bool:
+    return isinstance(error, MessageSizeTooLargeError)
+
+
+class InFlightBudget:
+    """Agent-wide bytes sent and not acknowledged; checked once per batch, not per line."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def has_room(self) -> bool:
+        return self.used < self.limit
+
+    def take(self, nbytes: int) -> None:
+        with self._lock:
+            self.used += nbytes
+
+    def give(self, nbytes: int) -> None:
+        with self._lock:
+            self.used -= nbytes
+
+
+class Sink:
+    def __init__(self, config: KafkaConfig) -> None:
+        self.config = config
+        self.budget = InFlightBudget(config.buffer_bytes)
+        self._host = socket.gethostname().encode()
+        settings = {**DEFAULTS, **dict(config.producer)}
+        try:
+            self._producer = KafkaProducer(
+                bootstrap_servers=list(config.bootstrap_servers),
+                api_version=tuple(int(p) for p in config.api_version.split(".")),
+                acks="all",
+                max_block_ms=config.max_block_ms,
+                max_request_size=config.max_request_size,
+                **settings,
+            )
+        except (KafkaError, ValueError, TypeError, AssertionError) as exc:
+            raise ConfigError(f"kafka: cannot create the producer: {exc}") from None
+
+    def send(self, topic: str, key: bytes, lines: Sequence[bytes],
+             offsets: Sequence[int]) -> tuple[list[Future], int]:
+        """Send lines in order; returns their futures and how many were too large to send.
+
+        Raises SinkError when Kafka cannot take records now (no metadata within
+        max_block_ms); the caller resends from its last acknowledged offset.
+        """
+        send = self._producer.send
+        path_header = ("path", key)
+        host_header = ("host", self._host)
+        futures = []
+        too_large = 0
+        try:
+            for line, offset in zip(lines, offsets):
+                try:
+                    futures.append(send(topic, value=line, key=key, headers=[
+                        path_header, host_header, ("offset", b"%d" % offset)]))
+                except MessageSizeTooLargeError:
+                    too_large += 1
+        except KafkaTimeoutError as exc:
+            raise SinkError(f"topic={topic}: Kafka unavailable: {exc}") from None
+        except KafkaError as exc:
+            raise SinkError(f"topic={topic}: send failed: {exc}") from None
+        return futures, too_large
+
+    def flush(self, timeout: float) -> None:
+        try:
+            self._producer.flush(timeout=timeout)
+        except KafkaTimeoutError:
+            log.warning("Kafka did not acknowledge everything within %.0fs", timeout)
+
+    def close(self, timeout: float) -> None:
+        try:
+            self._producer.close(timeout=timeout)
+        except KafkaError as exc:
+            log.warning("closing the Kafka producer: %s", exc)

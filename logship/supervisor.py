@@ -1,0 +1,153 @@
+"""One-for-one supervision: reconcile a desired set of children, restart crashed ones.
+
+Shaped after OTP's supervisor: a child removed on purpose is stopped and never
+restarted; a child that dies is restarted alone, after a backoff deadline that the
+owner's loop checks (no sleeping), and the delay grows with consecutive crashes and
+resets once the child has run stably.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Generic, Hashable, Mapping, TypeVar
+
+from logship.errors import LogshipError
+
+log = logging.getLogger(__name__)
+
+K = TypeVar("K", bound=Hashable)
+S = TypeVar("S")
+
+
+class Service(threading.Thread):
+    """A thread with one stop protocol: `stop()` sets an Event the loop checks."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.stopping = threading.Event()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.serve()
+        except BaseException as exc:  # recorded for the supervisor, which logs it
+            self.failure = exc
+
+    def serve(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+@dataclass
+class Backoff:
+    """Exponential restart delay: base doubling to cap, reset after a stable run."""
+
+    base: float = 0.5
+    cap: float = 30.0
+    stable_after: float = 60.0
+    failures: int = 0
+
+    def next_delay(self, ran_for: float) -> float:
+        if ran_for >= self.stable_after:
+            self.failures = 0
+        delay = min(self.base * 2 ** self.failures, self.cap)
+        self.failures += 1
+        return delay
+
+
+@dataclass
+class _Child(Generic[S]):
+    spec: S
+    service: Service | None = None
+    started: float = 0.0
+    restart_at: float = 0.0
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+class Supervisor(Generic[K, S]):
+    """Owns a set of Service children; only its owner's thread calls its methods."""
+
+    def __init__(self, kind: str, factory: Callable[[S], Service],
+                 on_restart: Callable[[S], None], backoff: Callable[[], Backoff] = Backoff,
+                 stop_timeout: float = 5.0) -> None:
+        self.kind = kind
+        self._factory = factory
+        self._on_restart = on_restart
+        self._backoff = backoff
+        self._stop_timeout = stop_timeout
+        self._children: dict[K, _Child[S]] = {}
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+    def keys(self) -> set[K]:
+        return set(self._children)
+
+    def reconcile(self, desired: Mapping[K, S]) -> None:
+        """Stop children no longer desired, start new ones; running ones are left alone."""
+        removed = [key for key in self._children if key not in desired]
+        self._stop([self._children.pop(key) for key in removed])
+        for key, spec in desired.items():
+            if key not in self._children:
+                child = _Child(spec, backoff=self._backoff())
+                self._start(child)
+                self._children[key] = child
+
+    def supervise(self, now: float | None = None) -> None:
+        """Notice crashed children and restart those whose backoff deadline has passed."""
+        now = time.monotonic() if now is None else now
+        for child in self._children.values():
+            service = child.service
+            if service is not None and not service.is_alive():
+                self._crashed(child, service, now)
+            elif service is None and now >= child.restart_at:
+                self._start(child)
+
+    def restart_all(self) -> None:
+        """Stop and start every child at once, e.g. after its shared client was rebuilt."""
+        children = list(self._children.values())
+        self._stop(children)
+        for child in children:
+            self._start(child)
+
+    def stop_all(self) -> None:
+        self._stop(list(self._children.values()))
+        self._children.clear()
+
+    def _start(self, child: _Child[S]) -> None:
+        child.service = self._factory(child.spec)
+        child.started = time.monotonic()
+        child.service.start()
+
+    def _crashed(self, child: _Child[S], service: Service, now: float) -> None:
+        delay = child.backoff.next_delay(now - child.started)
+        child.service = None
+        child.restart_at = now + delay
+        failure = service.failure
+        if failure is None:
+            log.error("%s %s exited unexpectedly; restarting in %.1fs", self.kind, child.spec, delay)
+        elif isinstance(failure, LogshipError):
+            log.error("%s %s failed: %s; restarting in %.1fs", self.kind, child.spec, failure, delay)
+        else:
+            log.error("%s %s crashed; restarting in %.1fs", self.kind, child.spec, delay,
+                      exc_info=failure)
+        self._on_restart(child.spec)
+
+    def _stop(self, children: list[_Child[S]]) -> None:
+        """Ask all to stop before joining any, so their shutdowns overlap."""
+        services = [c.service for c in children if c.service is not None]
+        for service in services:
+            service.stop()
+        deadline = time.monotonic() + self._stop_timeout
+        for service in services:
+            service.join(max(0.0, deadline - time.monotonic()))
+            if service.is_alive():
+                log.error("%s thread %s did not stop within %.0fs; leaving it",
+                          self.kind, service.name, self._stop_timeout)
+        for child in children:
+            child.service = None

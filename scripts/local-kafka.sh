@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# A single-node Apache Kafka (KRaft) on 127.0.0.1 for development and tests.
+#
+#   scripts/local-kafka.sh run   PORT DATA_DIR   # foreground (the test fixtures use this)
+#   scripts/local-kafka.sh start PORT DATA_DIR   # background, waits until the port answers
+#   scripts/local-kafka.sh stop  PORT DATA_DIR
+#
+# The broker's controller listens on PORT+1. Restarting with the same DATA_DIR keeps the
+# topics and records. Jars come from .cache/kafka-libs (scripts/fetch-kafka.sh).
+set -euo pipefail
+cmd=${1:?run|start|stop}; port=${2:?port}; dir=${3:?data dir}
+root=$(cd "$(dirname "$0")/.." && pwd)
+libs="$root/.cache/kafka-libs"
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+pidfile="$dir/kafka.pid"
+
+write_config() {
+  cat > "$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$((port + 1))
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$((port + 1))
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$dir/data
+num.partitions=3
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+group.initial.rebalance.delay.ms=0
+message.max.bytes=16777216
+replica.fetch.max.bytes=16777216
+PROPS
+  cat > "$dir/log4j.properties" <<PROPS
+log4j.rootLogger=WARN, file
+log4j.appender.file=org.apache.log4j.FileAppender
+log4j.appender.file.File=$dir/kafka.log
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+PROPS
+}
+
+java_cmd=(java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true
+  "-Dlog4j.configuration=file:$dir/log4j.properties" -cp "$libs/*")
+
+format_storage() {
+  [ -f "$dir/data/meta.properties" ] && return 0
+  local id
+  id=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+  "${java_cmd[@]}" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" >"$dir/format.log" 2>&1
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+
+case "$cmd" in
+  run)
+    [ -d "$libs" ] || { echo "no Kafka jars in $libs: run 'make setup'" >&2; exit 1; }
+    write_config; format_storage
+    exec "${java_cmd[@]}" kafka.Kafka "$dir/server.properties"
+    ;;
+  start)
+    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then exit 0; fi
+    nohup "$0" run "$port" "$dir" >"$dir/stdout.log" 2>&1 &
+    echo $! >"$pidfile"
+    for _ in $(seq 1 120); do
+      port_open && { echo "Kafka listening on 127.0.0.1:$port (data in $dir)"; exit 0; }
+      kill -0 "$(cat "$pidfile")" 2>/dev/null || break
+      sleep 0.5
+    done
+    echo "Kafka did not start; see $dir/kafka.log and $dir/stdout.log" >&2; exit 1
+    ;;
+  stop)
+    [ -f "$pidfile" ] || exit 0
+    pid=$(cat "$pidfile")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$pidfile"
+    ;;
+  *) echo "usage: $0 run|start|stop PORT DATA_DIR" >&2; exit 2 ;;
+esac

@@ -1,0 +1,60 @@
+"""Session-wide real etcd and Kafka, and a factory for real `logship run` processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import Agent, Etcd, Kafka, TopicReader, unique
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory):
+    service = Etcd(tmp_path_factory.mktemp("etcd") / "data")
+    service.start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory):
+    service = Kafka(tmp_path_factory.mktemp("kafka") / "data")
+    service.start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def make_agent(tmp_path):
+    agents: list[Agent] = []
+
+    def make(etcd, kafka, keys, **extra) -> Agent:
+        agent = Agent(tmp_path, etcd, kafka, keys, **extra)
+        agents.append(agent)
+        return agent
+    yield make
+    for agent in agents:
+        if agent.proc is not None:
+            agent.kill()
+
+
+@pytest.fixture
+def reader(kafka):
+    readers: list[TopicReader] = []
+
+    def make(topic: str, service: Kafka | None = None) -> TopicReader:
+        topic_reader = TopicReader(service or kafka, topic)
+        readers.append(topic_reader)
+        return topic_reader
+    yield make
+    for topic_reader in readers:
+        topic_reader.close()
+
+
+@pytest.fixture
+def key():
+    return unique("key")
+
+
+@pytest.fixture
+def topic():
+    return unique("topic")

@@ -1,0 +1,272 @@
+"""Real etcd, real Kafka and the real `logship run` process, for end-to-end tests.
+
+Every wait is a condition polled against a deadline; nothing sleeps for a fixed time
+to let something happen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import etcd3
+import yaml
+from kafka import KafkaConsumer, TopicPartition
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+def free_port_pair() -> int:
+    """A port whose successor is free too (the services use PORT+1 internally)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port < 65000 and _free(port) and _free(port + 1):
+            return port
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+class Service:
+    """A local service run in the foreground by one of our scripts."""
+
+    script = ""
+    start_timeout = 60.0
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port_pair()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = open(self.data_dir.with_suffix(".log"), "ab")
+        self.proc = subprocess.Popen([str(SCRIPTS / self.script), "run", str(self.port),
+                                      str(self.data_dir)], stdout=log, stderr=log,
+                                     start_new_session=True)
+        wait_until(self.ready, self.start_timeout, f"{self.script} on port {self.port}", 0.2)
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.script} exited with {self.proc.returncode}")
+        return port_open(self.port)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+        wait_until(lambda: not port_open(self.port), 30, f"port {self.port} to close", 0.1)
+
+
+class Etcd(Service):
+    script = "local-etcd.sh"
+
+    def client(self):
+        return etcd3.client(host="127.0.0.1", port=self.port, timeout=5)
+
+    def put(self, key: str, value) -> None:
+        raw = value if isinstance(value, (str, bytes)) else json.dumps(value)
+        with self.client() as client:
+            client.put(key, raw)
+
+    def delete(self, key: str) -> None:
+        with self.client() as client:
+            client.delete(key)
+
+
+class Kafka(Service):
+    script = "local-kafka.sh"
+    start_timeout = 120.0
+
+    def ready(self) -> bool:
+        if not super().ready():
+            return False
+        try:
+            consumer = KafkaConsumer(bootstrap_servers=self.address, api_version=(2, 8),
+                                     request_timeout_ms=3000)
+        except Exception:
+            return False
+        try:
+            return consumer.topics() is not None
+        except Exception:
+            return False
+        finally:
+            consumer.close()
+
+
+class TopicReader:
+    """Reads a topic from the beginning and keeps what it read across waits."""
+
+    def __init__(self, kafka: Kafka, topic: str) -> None:
+        self.topic = topic
+        self.records: list = []
+        self._consumer = KafkaConsumer(bootstrap_servers=kafka.address, api_version=(2, 8),
+                                       enable_auto_commit=False, group_id=None,
+                                       fetch_max_bytes=64 * 1024 * 1024,
+                                       max_partition_fetch_bytes=32 * 1024 * 1024)
+        self._assigned = False
+
+    def _poll(self) -> None:
+        if not self._assigned:
+            partitions = self._consumer.partitions_for_topic(self.topic)
+            if not partitions:
+                self._consumer.poll(timeout_ms=50)
+                return
+            tps = [TopicPartition(self.topic, p) for p in partitions]
+            self._consumer.assign(tps)
+            self._consumer.seek_to_beginning(*tps)
+            self._assigned = True
+        for batch in self._consumer.poll(timeout_ms=200, max_records=100000).values():
+            self.records.extend(batch)
+
+    def values(self) -> list[bytes]:
+        return [r.value for r in self.records]
+
+    def wait_for(self, condition: Callable[[list], object], timeout: float, what: str):
+        def check():
+            self._poll()
+            return condition(self.records)
+        return wait_until(check, timeout, f"{what} in topic {self.topic}", 0.0)
+
+    def wait_count(self, count: int, timeout: float = 60.0) -> list:
+        self.wait_for(lambda r: len(r) >= count, timeout, f"{count} records")
+        return self.records
+
+    def settle(self, quiet: float = 1.0) -> list:
+        """Read until nothing new arrived for `quiet` seconds (used to assert absence)."""
+        last, changed = len(self.records), time.monotonic()
+        while time.monotonic() - changed < quiet:
+            self._poll()
+            if len(self.records) != last:
+                last, changed = len(self.records), time.monotonic()
+        return self.records
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def header(record, name: str) -> bytes:
+    return dict(record.headers)[name]
+
+
+class Agent:
+    """The real `logship run` process with a config written for the test."""
+
+    def __init__(self, workdir: Path, etcd: Etcd | list[str], kafka: Kafka | str,
+                 keys: list[str], **extra) -> None:
+        self.workdir = workdir
+        self.config_path = workdir / "config.yaml"
+        self.log_path = workdir / "agent.log"
+        self.proc: subprocess.Popen | None = None
+        endpoints = etcd if isinstance(etcd, list) else [etcd.address]
+        servers = kafka if isinstance(kafka, str) else kafka.address
+        self.config = {
+            "etcd": {"endpoints": endpoints, "keys": keys, "timeout": 2, "probe_interval": 1},
+            "kafka": {"bootstrap_servers": [servers]},
+            "allowed_paths": [str(workdir) + "/**"],
+            "state_dir": str(workdir / "state"),
+            "files": {"poll_interval": 0.5, "close_rotated_after": 1.0},
+            "metrics": {"listen": f"127.0.0.1:{free_port_pair()}"},
+        }
+        for key, value in extra.items():
+            self.config[key] = value
+        self.write_config()
+
+    def write_config(self, config: dict | None = None) -> None:
+        self.config = config or self.config
+        self.config_path.write_text(yaml.safe_dump(self.config))
+
+    def start(self) -> "Agent":
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "logship", "run", "--config",
+                                      str(self.config_path)], stdout=log, stderr=log,
+                                     cwd=self.workdir)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float = 30.0, count: int = 1) -> str:
+        regex = re.compile(pattern)
+
+        def found():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log()}")
+            return len(regex.findall(self.log())) >= count
+        try:
+            wait_until(found, timeout, f"log line /{pattern}/")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- agent log ---\n{self.log()[-6000:]}") from None
+        return self.log()
+
+    def stop(self, timeout: float = 15.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def scrape(self, path: str = "/metrics") -> str:
+        with urllib.request.urlopen(f"http://{self.config['metrics']['listen']}{path}") as resp:
+            return resp.read().decode()
+
+    def checkpoints(self) -> list[dict]:
+        path = self.workdir / "state" / "checkpoints.json"
+        return json.loads(path.read_text())["files"] if path.exists() else []
