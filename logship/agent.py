@@ -43,7 +43,7 @@ class Agent:
         self.metrics = Metrics()
         self.store = CheckpointStore(config.state_dir)
         self.watcher = DirWatcher()
-        self.sink = Sink(config.kafka)
+        self.sink = self._adopt_sink(Sink(config.kafka))
         self.source = EtcdSource(config.etcd)
         self._lock = threading.Lock()
         self._declared: dict[str, tuple[Target, ...]] = {}
@@ -51,6 +51,7 @@ class Agent:
         self._wakeup = threading.Event()
         self._stop_requested = False
         self._reload_requested_at: float | None = None
+        self._reload_reason = ""
         self._heartbeat = time.monotonic()
         self.managers: Supervisor[str, str] = Supervisor(
             "manager", self._new_manager, lambda key: self.metrics.manager_restarts.labels(key).inc())
@@ -72,7 +73,8 @@ class Agent:
     def request_stop(self) -> None:
         self._stop_requested = True
 
-    def request_reload(self) -> None:
+    def request_reload(self, reason: str = "an edit of the file") -> None:
+        self._reload_reason = reason
         self._reload_requested_at = time.monotonic()
 
     def healthy(self) -> bool:
@@ -107,6 +109,7 @@ class Agent:
         requested = self._reload_requested_at
         if requested is not None and now - requested >= RELOAD_SETTLE:
             self._reload_requested_at = None
+            log.info("config reload requested by %s", self._reload_reason)
             self.reload()
         if self._declarations_changed:
             self._reconcile_workers()
@@ -130,6 +133,10 @@ class Agent:
             if not set(self.config.etcd.keys) <= set(self._declared):
                 return None
             return {(t.topic, t.path) for targets in self._declared.values() for t in targets}
+
+    def _adopt_sink(self, sink: Sink) -> Sink:
+        self.metrics.in_flight_bytes.set_function(lambda: sink.budget.used)
+        return sink
 
     def _new_manager(self, key: str) -> Manager:
         return Manager(key, self.source, self.config.allowed_paths, self.declare, self.metrics,
@@ -189,7 +196,7 @@ class Agent:
             self.workers.stop_all()
             if sink is not self.sink:
                 self.sink.close(timeout=2.0)
-                self.sink = sink
+                self.sink = self._adopt_sink(sink)
                 log.info("kafka settings changed: producer rebuilt")
         if replace(new.etcd, keys=()) != replace(old.etcd, keys=()) \
                 or new.allowed_paths != old.allowed_paths:

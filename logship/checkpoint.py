@@ -44,6 +44,7 @@ class CheckpointStore:
     def __init__(self, state_dir: Path) -> None:
         self.file = state_dir / FILE_NAME
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()
         self._entries: dict[tuple[str, str, int, int], FileCheckpoint] = {}
         self._started: set[tuple[str, str]] = set()
         self._version = 0
@@ -98,14 +99,21 @@ class CheckpointStore:
             self._version += bool(stale)
 
     def save(self) -> None:
-        """Write if anything changed since the last save."""
-        with self._lock:
-            version = self._version
-            if version == self._saved_version:
-                return
-            data = {"version": 1, "files": [asdict(cp) for cp in self._entries.values()]}
-        _write_atomically(self.file, json.dumps(data, indent=1).encode())
-        self._saved_version = version
+        """Write if anything changed since the last save; safe from any thread."""
+        try:
+            self._save()
+        except OSError as exc:
+            log.error("cannot save checkpoints to %s: %s", self.file, exc)
+
+    def _save(self) -> None:
+        with self._save_lock:
+            with self._lock:
+                version = self._version
+                if version == self._saved_version:
+                    return
+                data = {"version": 1, "files": [asdict(cp) for cp in self._entries.values()]}
+            _write_atomically(self.file, json.dumps(data, indent=1).encode())
+            self._saved_version = version
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -141,7 +149,4 @@ class CheckpointWriter(Service):
         configured = self._configured()
         if configured is not None:
             self._store.expire(configured)
-        try:
-            self._store.save()
-        except OSError as exc:
-            log.error("cannot save checkpoints to %s: %s", self._store.file, exc)
+        self._store.save()

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     agent = Agent(args.config, _load(args.config))
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
     signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
-    signal.signal(signal.SIGHUP, lambda *_: agent.request_reload())
+    signal.signal(signal.SIGHUP, lambda *_: agent.request_reload("SIGHUP"))
     agent.run()
     return 0
 

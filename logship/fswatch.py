@@ -46,7 +46,9 @@ class DirWatcher:
     def __init__(self) -> None:
         self._observer = Observer()
         self._lock = threading.Lock()
-        self._subs: dict[str, dict[str, set[Subscription]]] = {}
+        # Copy-on-write under _lock, read without it: notify() runs on watchdog's thread
+        # while it holds the observer's lock, which schedule() needs too.
+        self._subs: dict[str, dict[str, frozenset[Subscription]]] = {}
         self._watches: dict[str, ObservedWatch] = {}
 
     def start(self) -> None:
@@ -60,7 +62,7 @@ class DirWatcher:
         directory, name = os.path.split(os.path.abspath(path))
         sub = Subscription(directory, name, wake)
         with self._lock:
-            self._subs.setdefault(directory, {}).setdefault(name, set()).add(sub)
+            self._set_subs(directory, name, self._names(directory).get(name, frozenset()) | {sub})
         self.ensure_watched(sub)
         return sub
 
@@ -81,16 +83,23 @@ class DirWatcher:
 
     def unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
-            names = self._subs.get(sub.directory, {})
-            names.get(sub.name, set()).discard(sub)
-            if names.get(sub.name) == set():
-                del names[sub.name]
-            if names:
+            self._set_subs(sub.directory, sub.name,
+                           self._names(sub.directory).get(sub.name, frozenset()) - {sub})
+            if sub.directory in self._subs:
                 return
-            self._subs.pop(sub.directory, None)
             watch = self._watches.pop(sub.directory, None)
         if watch is not None:
             self._unschedule(watch)
+
+    def _names(self, directory: str) -> dict[str, frozenset[Subscription]]:
+        return self._subs.get(directory, {})
+
+    def _set_subs(self, directory: str, name: str, subs: frozenset[Subscription]) -> None:
+        names = {**self._names(directory), name: subs}
+        if not subs:
+            del names[name]
+        self._subs = {**self._subs, directory: names} if names else \
+            {d: n for d, n in self._subs.items() if d != directory}
 
     def _unschedule(self, watch: ObservedWatch) -> None:
         try:
@@ -99,7 +108,5 @@ class DirWatcher:
             pass
 
     def notify(self, directory: str, name: str) -> None:
-        with self._lock:
-            subs = list(self._subs.get(directory, {}).get(name, ()))
-        for sub in subs:
+        for sub in self._names(directory).get(name, ()):
             sub.wake()

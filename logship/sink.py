@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from kafka import KafkaProducer
@@ -70,6 +71,16 @@ class InFlightBudget:
             self.used -= nbytes
 
 
+@dataclass
+class Sent:
+    """What one send() took: `count` lines, of which `too_large` could not be sent."""
+
+    futures: list[Future] = field(default_factory=list)
+    count: int = 0
+    too_large: int = 0
+    unavailable: str | None = None
+
+
 class Sink:
     def __init__(self, config: KafkaConfig) -> None:
         self.config = config
@@ -89,29 +100,26 @@ class Sink:
             raise ConfigError(f"kafka: cannot create the producer: {exc}") from None
 
     def send(self, topic: str, key: bytes, lines: Sequence[bytes],
-             offsets: Sequence[int]) -> tuple[list[Future], int]:
-        """Send lines in order; returns their futures and how many were too large to send.
-
-        Raises SinkError when Kafka cannot take records now (no metadata within
-        max_block_ms); the caller resends from its last acknowledged offset.
-        """
+             offsets: Sequence[int]) -> Sent:
+        """Send lines in order, stopping early when Kafka cannot take records now (no
+        metadata within max_block_ms): the caller keeps the rest and tries again."""
         send = self._producer.send
         path_header = ("path", key)
         host_header = ("host", self._host)
-        futures = []
-        too_large = 0
+        result = Sent()
         try:
             for line, offset in zip(lines, offsets):
                 try:
-                    futures.append(send(topic, value=line, key=key, headers=[
+                    result.futures.append(send(topic, value=line, key=key, headers=[
                         path_header, host_header, ("offset", b"%d" % offset)]))
                 except MessageSizeTooLargeError:
-                    too_large += 1
+                    result.too_large += 1
+                result.count += 1
         except KafkaTimeoutError as exc:
-            raise SinkError(f"topic={topic}: Kafka unavailable: {exc}") from None
+            result.unavailable = f"Kafka unavailable: {exc}"
         except KafkaError as exc:
             raise SinkError(f"topic={topic}: send failed: {exc}") from None
-        return futures, too_large
+        return result
 
     def flush(self, timeout: float) -> None:
         try:

@@ -24,6 +24,7 @@ from logship.spec import path_allowed
 log = logging.getLogger(__name__)
 
 FINGERPRINT_BYTES = 1024
+NAME_CHECK_INTERVAL = 0.2
 _TAIL_SCAN = 64 * 1024
 
 
@@ -176,6 +177,13 @@ class Tailer:
         self.settings = settings
         self.current: FollowedFile | None = None
         self.rotated: list[FollowedFile] = []
+        self.opened: list[FollowedFile] = []
+        self._name_checked = 0.0
+
+    def take_opened(self) -> list[FollowedFile]:
+        """Files opened since the last call: their starting offsets must be saved at once."""
+        opened, self.opened = self.opened, []
+        return opened
 
     def files(self) -> list[FollowedFile]:
         return self.rotated + ([self.current] if self.current else [])
@@ -219,6 +227,7 @@ class Tailer:
     def read(self, now: float) -> Chunk | None:
         """The next chunk from rotated files first, then the current one; None when idle."""
         size, max_line = self.settings.read_chunk_bytes, self.settings.max_line_bytes
+        self.watch_name(now)
         for followed in self.files():
             chunk = followed.read(size, max_line, now)
             if chunk is not None:
@@ -226,6 +235,14 @@ class Tailer:
         if self._follow_name(now):
             return self.read(now)
         return None
+
+    def watch_name(self, now: float) -> None:
+        """Look at the name a few times a second even while catching up: a reader slower
+        than the writer must still see every rotation happen, or the files renamed away
+        in between would never be opened."""
+        if now - self._name_checked >= NAME_CHECK_INTERVAL:
+            self._name_checked = now
+            self._follow_name(now)
 
     def _follow_name(self, now: float) -> bool:
         """At end of file: look at the name again. True when there is something new to read."""
@@ -274,6 +291,7 @@ class Tailer:
             raise SourceError(f"path={self.path}: not a regular file")
         offset = _end_of_last_line(fd) if at_end else 0
         self.current = FollowedFile(self.path, fd, offset, now)
+        self.opened.append(self.current)
         log.info("path=%s opened at offset %d", self.path, offset)
         return True
 

@@ -18,16 +18,17 @@ from dataclasses import dataclass
 from logship.checkpoint import CheckpointStore
 from logship.config import FilesConfig
 from logship.errors import SinkError
-from logship.fswatch import DirWatcher
+from logship.fswatch import DirWatcher, Subscription
 from logship.metrics import Metrics
-from logship.sink import Future, Sink, is_too_large
+from logship.sink import Future, Sent, Sink, is_too_large
 from logship.spec import Target
-from logship.supervisor import Service
-from logship.tailer import FollowedFile, Tailer, TailSettings
+from logship.supervisor import Backoff, Service
+from logship.tailer import Chunk, FollowedFile, Tailer, TailSettings
 
 log = logging.getLogger(__name__)
 
-DRAIN_TIMEOUT = 5.0
+DRAIN_TIMEOUT = 4.0
+SEND_BATCH = 1000
 
 
 @dataclass
@@ -58,9 +59,12 @@ class Worker(Service):
         self._key = target.path.encode()
         self._wake = threading.Event()
         self._pending: deque[InFlight] = deque()
+        self._queued: Chunk | None = None
+        self._queued_at = 0
+        self._outage: Backoff | None = None
         self._pending_lines = 0
         self._pending_bytes = 0
-        self._read = metrics.lines_read.labels(target.topic)
+        self._read_lines = metrics.lines_read.labels(target.topic)
         self._sent = metrics.lines_sent.labels(target.topic)
         self._sent_bytes = metrics.bytes_sent.labels(target.topic)
         self._errors = metrics.send_errors.labels(target.topic)
@@ -92,23 +96,35 @@ class Worker(Service):
         for stale in tailer.restore(saved, read_from, time.monotonic()):
             self._store.remove(stale)
         self._publish(tailer.files())
+        self._save_opened(tailer)
         log.info("worker started %s", target)
 
-    def _follow(self, tailer: Tailer, subscription) -> None:
+    def _follow(self, tailer: Tailer, subscription: Subscription) -> None:
         while not self.stopping.is_set():
             self._collect()
             if self._full():
                 self._wait()
-                continue
-            now = time.monotonic()
-            chunk = tailer.read(now)
-            if chunk is None:
-                self._close_rotated(tailer, now)
+            elif self._queued is not None:
+                tailer.watch_name(time.monotonic())
+                self._send_batch()
+            elif not self._read(tailer):
+                self._close_rotated(tailer, time.monotonic())
                 self._watcher.ensure_watched(subscription)
                 self._wait()
-                continue
-            if chunk.lines:
-                self._send(chunk)
+
+    def _read(self, tailer: Tailer) -> bool:
+        """Queue the next chunk; False when there was nothing to read."""
+        chunk = tailer.read(time.monotonic())
+        self._save_opened(tailer)
+        if chunk is None:
+            return False
+        if chunk.truncated:
+            self._truncated.inc(chunk.truncated)
+            log.warning("%s: %d line(s) longer than files.max_line_bytes truncated", self.target,
+                        chunk.truncated)
+        if chunk.lines:
+            self._queued, self._queued_at = chunk, 0
+        return True
 
     def _wait(self) -> None:
         self._wake.wait(self._files.poll_interval)
@@ -119,25 +135,55 @@ class Worker(Service):
                 or self._pending_bytes >= self._files.max_in_flight_bytes
                 or not self._sink.budget.has_room())
 
-    def _send(self, chunk) -> None:
-        lines = chunk.lines
-        futures, too_large = self._sink.send(self.target.topic, self._key, lines, chunk.offsets)
+    def _save_opened(self, tailer: Tailer) -> None:
+        """A newly opened file's start offset is saved at once, so a kill -9 right after
+        cannot turn it into a 'first start' that read_from: end would skip."""
+        opened = tailer.take_opened()
+        if opened:
+            self._publish(opened)
+            self._store.save()
+
+    def _send_batch(self) -> None:
+        """Send the next slice of the queued chunk, so that acks and stop stay responsive."""
+        chunk, start = self._queued, self._queued_at
+        stop = min(start + SEND_BATCH, len(chunk.lines))
+        sent = self._sink.send(self.target.topic, self._key, chunk.lines[start:stop],
+                               chunk.offsets[start:stop])
+        stop = start + sent.count
+        lines = chunk.lines[start:stop]
+        end_offset = chunk.offsets[stop] if stop < len(chunk.lines) else chunk.end_offset
+        self._queued_at = stop
+        if stop == len(chunk.lines):
+            self._queued = None
+        if lines:
+            self._track(chunk.file, end_offset, lines, sent)
+        self._kafka_state(sent.unavailable)
+
+    def _track(self, file: FollowedFile, end_offset: int, lines: list[bytes], sent: Sent) -> None:
         nbytes = sum(map(len, lines))
-        self._read.inc(len(lines))
-        if too_large:
-            self._too_large.inc(too_large)
+        self._read_lines.inc(len(lines))
+        if sent.too_large:
+            self._too_large.inc(sent.too_large)
             log.error("%s: %d line(s) larger than kafka.max_request_size skipped", self.target,
-                      too_large)
-        if chunk.truncated:
-            self._truncated.inc(chunk.truncated)
-            log.warning("%s: %d line(s) longer than files.max_line_bytes truncated", self.target,
-                        chunk.truncated)
-        if futures:
-            futures[-1].add_both(self._on_done)
-        self._pending.append(InFlight(chunk.file, chunk.end_offset, futures, nbytes))
-        self._pending_lines += len(futures)
+                      sent.too_large)
+        if sent.futures:
+            sent.futures[-1].add_both(self._on_done)
+        self._pending.append(InFlight(file, end_offset, sent.futures, nbytes))
+        self._pending_lines += len(sent.futures)
         self._pending_bytes += nbytes
         self._sink.budget.take(nbytes)
+
+    def _kafka_state(self, unavailable: str | None) -> None:
+        """While Kafka cannot take records, hold the lines and retry with backoff."""
+        if unavailable is None:
+            if self._outage is not None:
+                log.info("%s: Kafka available again", self.target)
+                self._outage = None
+            return
+        if self._outage is None:
+            self._outage = Backoff(base=0.5, cap=5.0)
+            log.warning("%s: %s; holding lines and retrying", self.target, unavailable)
+        self.stopping.wait(self._outage.next_delay(0.0))
 
     def _on_done(self, _result: object) -> None:
         """Runs on Kafka's sender thread: only wake the worker."""

@@ -270,3 +270,30 @@ class Agent:
     def checkpoints(self) -> list[dict]:
         path = self.workdir / "state" / "checkpoints.json"
         return json.loads(path.read_text())["files"] if path.exists() else []
+
+
+def numbered(start: int, count: int) -> bytes:
+    return b"".join(b"n:%08d\n" % i for i in range(start, start + count))
+
+
+def numbers(records) -> list[int]:
+    return [int(r.value[2:]) for r in records if r.value.startswith(b"n:")]
+
+
+def has_all(count: int) -> Callable[[list], bool]:
+    """A wait condition: every number below `count` was received (checked cheaply)."""
+    def check(records) -> bool:
+        return len(records) >= count and len(set(numbers(records))) >= count
+    return check
+
+
+def report_duplicates(name: str, records) -> int:
+    got = numbers(records)
+    duplicates = len(got) - len(set(got))
+    print(f"\n[{name}] records={len(got)} unique={len(set(got))} duplicates={duplicates}")
+    return duplicates
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -1,0 +1,93 @@
+"""Hot reload of config.yaml (edited in place, replaced, broken) and SIGHUP."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+
+import pytest
+import yaml
+
+from harness import unique
+
+pytestmark = pytest.mark.e2e
+
+
+def entry(path, topic):
+    return {"path": str(path), "topic": topic}
+
+
+def replace_file(agent, config):
+    """What editors like vim do: write a new file and rename it over the old one."""
+    tmp = agent.config_path.with_suffix(".swp")
+    agent.config = config
+    tmp.write_text(yaml.safe_dump(config))
+    os.replace(tmp, agent.config_path)
+
+
+def test_keys_added_and_removed_by_edits(etcd, kafka, make_agent, reader, key, topic, tmp_path):
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    new_key = unique("key")
+    etcd.put(key, [entry(first, topic)])
+    etcd.put(new_key, [entry(second, topic)])
+    agent = make_agent(etcd, kafka, [key]).start()
+    agent.wait_log(f"worker started path={first}")
+
+    config = copy.deepcopy(agent.config)
+    config["etcd"]["keys"] = [key, new_key]
+    agent.write_config(config)                              # edited in place
+    agent.wait_log(f"key={new_key} watching")
+    agent.wait_log(f"worker started path={second}")
+
+    config = copy.deepcopy(config)
+    config["etcd"]["keys"] = [new_key]
+    replace_file(agent, config)                             # replaced by rename
+    agent.wait_log(f"worker stopped path={first}")
+    second.write_bytes(b"from second\n")
+    first.write_bytes(b"not shipped\n")
+    assert [r.value for r in reader(topic).wait_count(1)] == [b"from second"]
+    assert agent.proc.pid and "agent started" in agent.log()
+    assert agent.log().count("agent started") == 1           # no restart of the process
+    text = agent.scrape()
+    assert 'logship_config_reloads_total{result="ok"} 2.0' in text
+
+
+def test_broken_config_is_refused_and_the_running_one_stays(
+        etcd, kafka, make_agent, reader, key, topic, tmp_path):
+    log = tmp_path / "app.log"
+    etcd.put(key, [entry(log, topic)])
+    agent = make_agent(etcd, kafka, [key]).start()
+    agent.wait_log(f"worker started path={log}")
+    agent.config_path.write_text("etcd: [unclosed\n")
+    agent.wait_log("config reload refused, keeping the running config: .*not valid YAML")
+    broken = copy.deepcopy(agent.config)
+    broken["kafka"]["bootstrap_servers"] = "not-a-list"
+    agent.write_config(broken)
+    agent.wait_log("config reload refused.*kafka.bootstrap_servers: must be a non-empty list")
+    log.write_bytes(b"still running\n")
+    assert [r.value for r in reader(topic).wait_count(1)] == [b"still running"]
+    assert "Traceback" not in agent.log()
+
+
+def test_sighup_and_static_entries_are_diffed(etcd, kafka, make_agent, reader, key, topic, tmp_path):
+    one, two = tmp_path / "one.log", tmp_path / "two.log"
+    agent = make_agent(etcd, kafka, [key], logs=[entry(one, topic)])
+    agent.start().wait_log(f"worker started path={one}")
+    agent.signal(signal.SIGHUP)
+    agent.wait_log("config reload requested by SIGHUP")
+    agent.wait_log("config reloaded: unchanged")
+    config = copy.deepcopy(agent.config)
+    config["logs"] = [entry(one, topic), entry(two, topic)]
+    agent.write_config(config)
+    agent.wait_log(f"worker started path={two}")
+    assert agent.log().count(f"worker started path={one}") == 1   # unchanged entry untouched
+    one.write_bytes(b"1\n")
+    two.write_bytes(b"2\n")
+    assert sorted(r.value for r in reader(topic).wait_count(2)) == [b"1", b"2"]
+
+
+def test_unknown_setting_warns_in_run(etcd, kafka, make_agent, key, tmp_path):
+    agent = make_agent(etcd, kafka, [key], surprise=1)
+    agent.start().wait_log("config: surprise: unknown setting")
+    agent.wait_log("agent started")
