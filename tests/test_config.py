@@ -1,0 +1,69 @@
+"""config.yaml validation (pure logic)."""
+
+from pathlib import Path
+
+import pytest
+
+from logship.config import DEFAULT_ALLOWED_PATHS, load_config, parse_config
+from logship.errors import ConfigError
+from logship.spec import Target
+
+BASE = {"etcd": {"endpoints": ["127.0.0.1:2379"], "keys": ["k"]},
+        "kafka": {"bootstrap_servers": ["127.0.0.1:9092"]}}
+
+
+def with_(**sections):
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in BASE.items()}
+    data.update(sections)
+    return data
+
+
+def test_minimal_config_gets_defaults():
+    config = parse_config(with_(), Path("/etc/logship"))
+    assert config.etcd.endpoints == (("127.0.0.1", 2379),)
+    assert config.allowed_paths == DEFAULT_ALLOWED_PATHS
+    assert config.state_dir == Path("/etc/logship/state")
+    assert config.metrics_listen is None
+    assert config.kafka.producer == ()
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"kafka": BASE["kafka"]}, "etcd.endpoints: required"),
+    (with_(etcd={"endpoints": "127.0.0.1:2379", "keys": ["k"]}), "etcd.endpoints: must be a non-empty list"),
+    (with_(etcd={"endpoints": ["127.0.0.1:2379"], "keys": [""]}), "etcd.keys[0]: must be a non-empty string"),
+    (with_(etcd={"endpoints": ["127.0.0.1:2379"], "keys": ["k"], "timeout": -1}), "etcd.timeout"),
+    (with_(kafka={"bootstrap_servers": []}), "kafka.bootstrap_servers: must be a non-empty list"),
+    (with_(kafka={"bootstrap_servers": ["x:1"], "producer": {"linger": 5}}),
+     "kafka.producer.linger: not a kafka-python producer setting"),
+    (with_(kafka={"bootstrap_servers": ["x:1"], "api_version": "two"}), "kafka.api_version"),
+    (with_(files={"max_line_bytes": "big"}), "files.max_line_bytes: must be an integer"),
+    (with_(logs=[{"path": "/var/log/a", "topic": "t", "x": 1}]), "logs[0]: unknown field 'x'"),
+    (with_(logs=[{"path": "/srv/a", "topic": "t"}]), "logs[0]: path: /srv/a"),
+    (with_(allowed_paths=["relative/**"]), "allowed_paths[0]: must be an absolute glob"),
+    (with_(metrics={"listen": "9108"}), "metrics.listen: must be host:port"),
+    (with_(metrics=[1]), "metrics: must be a mapping"),
+])
+def test_errors_name_the_field(data, message):
+    with pytest.raises(ConfigError) as error:
+        parse_config(data, Path("/"))
+    assert message in str(error.value)
+
+
+def test_unknown_settings_warn_or_fail(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("etcd: {endpoints: ['a:1'], keys: [k], colour: red}\n"
+                    "kafka: {bootstrap_servers: ['b:2']}\nlogs: [{path: /var/log/x, topic: x}]\n")
+    config = load_config(path)
+    assert config.warnings == ("etcd.colour: unknown setting",)
+    assert config.logs == (Target("/var/log/x", "x"),)
+    with pytest.raises(ConfigError, match="etcd.colour: unknown setting"):
+        load_config(path, strict=True)
+
+
+def test_unreadable_and_empty_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="etcd.endpoints: required"):
+        load_config(empty)
