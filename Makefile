@@ -7,7 +7,7 @@ LOCAL := .local
 ETCD_PORT ?= 2379
 KAFKA_PORT ?= 9092
 
-.PHONY: setup system-packages venv kafka-jars run test unit e2e bench clean
+.PHONY: setup system-packages venv kafka-jars run stop-local test unit bench clean
 
 setup: system-packages venv kafka-jars
 
