@@ -3,7 +3,7 @@
 # this machine and does not answer. Remote endpoints are left alone.
 #   scripts/ensure-local-services.sh CONFIG LOCAL_DIR
 set -euo pipefail
-config=${1:?config.yaml}; local_dir=${2:?dir for the services' data}
+config=${1:?config.yaml}; local_dir=${2:?data dir}
 here=$(cd "$(dirname "$0")" && pwd)
 py="$here/../.venv/bin/python"
 
