@@ -14,13 +14,16 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (EVENT_TYPE_CLOSED_NO_WRITE, EVENT_TYPE_OPENED, FileSystemEvent,
+                             FileSystemEventHandler)
 from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
 log = logging.getLogger(__name__)
 
 Wake = Callable[[], None]
+# Reading a file (ours included) is no change: reacting would loop on our own reads.
+_READ_ONLY = {EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE}
 
 
 @dataclass(eq=False)
@@ -37,6 +40,8 @@ class _DirHandler(FileSystemEventHandler):
         self._directory = directory
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in _READ_ONLY:
+            return
         for path in (event.src_path, getattr(event, "dest_path", "")):
             if path:
                 self._watcher.notify(self._directory, os.path.basename(os.fsdecode(path)))

@@ -51,6 +51,7 @@ def test_keys_added_and_removed_by_edits(etcd, kafka, make_agent, reader, key, t
     assert agent.log().count("agent started") == 1           # no restart of the process
     text = agent.scrape()
     assert 'logship_config_reloads_total{result="ok"} 2.0' in text
+    assert 'result="unchanged"' not in text     # the agent's own reads trigger nothing
 
 
 def test_broken_config_is_refused_and_the_running_one_stays(
