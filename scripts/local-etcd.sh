@@ -10,8 +10,8 @@ set -euo pipefail
 cmd=${1:?run|start|stop}; port=${2:?port}; dir=${3:?data dir}
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
-pidfile="$dir/etcd.pid"
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+NAME=etcd WAIT_SECONDS=15
+. "$(dirname "$0")/service-lib.sh"
 
 case "$cmd" in
   run)
@@ -22,24 +22,7 @@ case "$cmd" in
       --initial-cluster "logship-local=http://127.0.0.1:$((port + 1))" \
       --log-level warn --logger zap
     ;;
-  start)
-    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then exit 0; fi
-    nohup "$0" run "$port" "$dir" >"$dir/etcd.log" 2>&1 &
-    echo $! >"$pidfile"
-    for _ in $(seq 1 60); do
-      port_open && { echo "etcd listening on 127.0.0.1:$port (data in $dir)"; exit 0; }
-      kill -0 "$(cat "$pidfile")" 2>/dev/null || break
-      sleep 0.25
-    done
-    echo "etcd did not start; see $dir/etcd.log" >&2; exit 1
-    ;;
-  stop)
-    [ -f "$pidfile" ] || exit 0
-    pid=$(cat "$pidfile")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$pidfile"
-    ;;
+  start) service_start ;;
+  stop) service_stop ;;
   *) echo "usage: $0 run|start|stop PORT DATA_DIR" >&2; exit 2 ;;
 esac

@@ -13,7 +13,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 libs="$root/.cache/kafka-libs"
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
-pidfile="$dir/kafka.pid"
+NAME=kafka WAIT_SECONDS=60
+. "$(dirname "$0")/service-lib.sh"
 
 write_config() {
   cat > "$dir/server.properties" <<PROPS
@@ -54,7 +55,6 @@ format_storage() {
   "${java_cmd[@]}" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" >"$dir/format.log" 2>&1
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 
 case "$cmd" in
   run)
@@ -62,24 +62,7 @@ case "$cmd" in
     write_config; format_storage
     exec "${java_cmd[@]}" kafka.Kafka "$dir/server.properties"
     ;;
-  start)
-    if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then exit 0; fi
-    nohup "$0" run "$port" "$dir" >"$dir/stdout.log" 2>&1 &
-    echo $! >"$pidfile"
-    for _ in $(seq 1 120); do
-      port_open && { echo "Kafka listening on 127.0.0.1:$port (data in $dir)"; exit 0; }
-      kill -0 "$(cat "$pidfile")" 2>/dev/null || break
-      sleep 0.5
-    done
-    echo "Kafka did not start; see $dir/kafka.log and $dir/stdout.log" >&2; exit 1
-    ;;
-  stop)
-    [ -f "$pidfile" ] || exit 0
-    pid=$(cat "$pidfile")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$pidfile"
-    ;;
+  start) service_start ;;
+  stop) service_stop ;;
   *) echo "usage: $0 run|start|stop PORT DATA_DIR" >&2; exit 2 ;;
 esac

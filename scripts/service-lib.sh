@@ -1,0 +1,29 @@
+# Shared by local-etcd.sh and local-kafka.sh: `start` runs the script's own `run` in the
+# background with a pid file and waits for the port; `stop` ends it.
+# Expects: $0, $port, $dir set, and NAME and WAIT_SECONDS.
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+
+service_start() {
+  local pidfile="$dir/$NAME.pid"
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then return 0; fi
+  nohup "$0" run "$port" "$dir" >"$dir/$NAME.out" 2>&1 &
+  echo $! >"$pidfile"
+  for _ in $(seq 1 $((WAIT_SECONDS * 4))); do
+    port_open && { echo "$NAME listening on 127.0.0.1:$port (data in $dir)"; return 0; }
+    kill -0 "$(cat "$pidfile")" 2>/dev/null || break
+    sleep 0.25
+  done
+  echo "$NAME did not start; see $dir/$NAME.out" >&2
+  return 1
+}
+
+service_stop() {
+  local pidfile="$dir/$NAME.pid" pid
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+}
