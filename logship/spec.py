@@ -103,7 +103,7 @@ def parse_value(raw: bytes | str, allowed: Iterable[str]) -> ParsedValue:
     """Parse an etcd value; raises SpecError when the whole value must be refused."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise SpecError(f"value is not valid JSON: {exc}") from None
     if not isinstance(data, list):
         raise SpecError(f"value must be a JSON array of entries, got {type(data).__name__}")

@@ -25,6 +25,7 @@ def test_valid_entries_with_defaults_and_duplicates_collapsed():
     (b'{"path": "/var/log/a"}', "must be a JSON array"),
     (b'"text"', "must be a JSON array"),
     (b"\xff", "not valid JSON"),
+    (b"[" * 100_000, "not valid JSON"),
 ])
 def test_whole_value_refused(raw, message):
     with pytest.raises(SpecError, match=message):
