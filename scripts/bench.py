@@ -60,7 +60,11 @@ def bench_logship(etcd: Etcd, kafka: Kafka, workdir: Path, path: Path, topic: st
                 return False
             match = re.search(rf'logship_lines_sent_total{{topic="{topic}"}} (\S+)', text)
             return bool(match) and float(match.group(1)) >= lines
-        wait_until(sent, 600, "logship to ship every line", step=0.1)
+        try:
+            wait_until(sent, 300, "logship to ship every line", step=0.1)
+        except AssertionError:
+            print(agent.log()[-3000:], file=sys.stderr)
+            raise
         return lines / (time.perf_counter() - started)
     finally:
         agent.stop()
@@ -75,11 +79,11 @@ def main() -> None:
         etcd.start()
         kafka.start()
         try:
-            path = tmp / "bench.log"
-            make_file(path, lines, size)
-            producer = bench_producer(kafka, path, "bench-producer")
             workdir = tmp / "agent"
             workdir.mkdir()
+            path = workdir / "bench.log"
+            make_file(path, lines, size)
+            producer = bench_producer(kafka, path, "bench-producer")
             shipped = bench_logship(etcd, kafka, workdir, path, "bench-logship", lines)
         finally:
             kafka.stop()
