@@ -95,7 +95,6 @@ class Worker(Service):
         read_from = target.read_from if first else "beginning"
         for stale in tailer.restore(saved, read_from, time.monotonic()):
             self._store.remove(stale)
-        self._publish(tailer.files())
         self._save_opened(tailer)
         log.info("worker started %s", target)
 

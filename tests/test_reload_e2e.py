@@ -92,3 +92,26 @@ def test_unknown_setting_warns_in_run(etcd, kafka, make_agent, key, tmp_path):
     agent = make_agent(etcd, kafka, [key], surprise=1)
     agent.start().wait_log("config: surprise: unknown setting")
     agent.wait_log("agent started")
+
+
+def test_changed_kafka_and_etcd_settings_rebuild_the_clients(
+        etcd, kafka, make_agent, reader, key, topic, tmp_path):
+    log = tmp_path / "app.log"
+    etcd.put(key, [entry(log, topic)])
+    agent = make_agent(etcd, kafka, [key]).start()
+    agent.wait_log(f"worker started path={log}")
+    log.write_bytes(b"before\n")
+    topic_reader = reader(topic)
+    topic_reader.wait_count(1)
+    config = copy.deepcopy(agent.config)
+    config["kafka"]["producer"] = {"linger_ms": 20, "compression_type": "gzip"}
+    config["etcd"]["endpoints"] = ["127.0.0.1:1", etcd.address]
+    agent.write_config(config)
+    agent.wait_log("kafka settings changed: producer rebuilt")
+    agent.wait_log(f"key={key} watching on {etcd.address}", count=2)
+    agent.wait_log(f"worker started path={log}", count=2)
+    with open(log, "ab") as f:
+        f.write(b"after\n")
+    topic_reader.wait_count(2)
+    assert [r.value for r in topic_reader.settle(1.0)] == [b"before", b"after"]
+    assert agent.log().count("agent started") == 1
