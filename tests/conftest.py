@@ -27,8 +27,8 @@ def kafka(tmp_path_factory):
 def make_agent(tmp_path):
     agents: list[Agent] = []
 
-    def make(etcd, kafka, keys, **extra) -> Agent:
-        agent = Agent(tmp_path, etcd, kafka, keys, **extra)
+    def make(etcd_service, kafka_service, keys, **sections) -> Agent:
+        agent = Agent(tmp_path, etcd_service, kafka_service, keys, **sections)
         agents.append(agent)
         return agent
     yield make

@@ -201,14 +201,14 @@ def header(record, name: str) -> bytes:
 class Agent:
     """The real `logship run` process with a config written for the test."""
 
-    def __init__(self, workdir: Path, etcd: Etcd | list[str], kafka: Kafka | str,
-                 keys: list[str], **extra) -> None:
+    def __init__(self, workdir: Path, etcd_service: Etcd | list[str], kafka_service: Kafka | str,
+                 keys: list[str], **sections) -> None:
         self.workdir = workdir
         self.config_path = workdir / "config.yaml"
         self.log_path = workdir / "agent.log"
         self.proc: subprocess.Popen | None = None
-        endpoints = etcd if isinstance(etcd, list) else [etcd.address]
-        servers = kafka if isinstance(kafka, str) else kafka.address
+        endpoints = etcd_service if isinstance(etcd_service, list) else [etcd_service.address]
+        servers = kafka_service if isinstance(kafka_service, str) else kafka_service.address
         self.config = {
             "etcd": {"endpoints": endpoints, "keys": keys, "timeout": 2, "probe_interval": 1},
             "kafka": {"bootstrap_servers": [servers]},
@@ -217,8 +217,7 @@ class Agent:
             "files": {"poll_interval": 0.5, "close_rotated_after": 1.0},
             "metrics": {"listen": f"127.0.0.1:{free_port_pair()}"},
         }
-        for key, value in extra.items():
-            self.config[key] = value
+        self.config.update(sections)
         self.write_config()
 
     def write_config(self, config: dict | None = None) -> None:

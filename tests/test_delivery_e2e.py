@@ -145,7 +145,13 @@ def test_a_new_file_on_a_reused_inode_is_read_from_its_start(
     old_inode = log.stat().st_ino
     log.unlink()
     log.write_bytes(numbered(100, 300))       # larger than the old offset: only identity tells
-    assert log.stat().st_ino == old_inode, "the filesystem did not reuse the inode"
+    if log.stat().st_ino != old_inode:
+        # Another process took the freed inode first: make the saved checkpoint name the
+        # new file's inode, which is exactly what the agent would see after a reuse.
+        state = agent.workdir / "state" / "checkpoints.json"
+        state.write_text(state.read_text().replace(f'"ino": {old_inode}',
+                                                   f'"ino": {log.stat().st_ino}'))
+        print("\n[inode reuse] simulated: the filesystem gave the new file another inode")
     agent.start()
     topic_reader.wait_for(lambda r: set(numbers(r)) >= set(range(400)), 60, "the new file whole")
     report_duplicates("inode reuse", topic_reader.settle(1.0))
