@@ -88,7 +88,6 @@ def test_path_change_key_delete_and_same_pair_under_two_keys(
     agent.wait_log(f"worker stopped path={second}")
     with open(second, "ab") as f:
         f.write(b"after delete\n")
-    assert "worker started path=%s" % first in agent.log()
     assert agent.log().count(f"worker started path={first}") == 1   # shipped once for two keys
     assert [r.value for r in topic_reader.settle(1.5)] == [b"one", b"two"]
 

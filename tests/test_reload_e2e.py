@@ -47,7 +47,6 @@ def test_keys_added_and_removed_by_edits(etcd, kafka, make_agent, reader, key, t
     second.write_bytes(b"from second\n")
     first.write_bytes(b"not shipped\n")
     assert [r.value for r in reader(topic).wait_count(1)] == [b"from second"]
-    assert agent.proc.pid and "agent started" in agent.log()
     assert agent.log().count("agent started") == 1           # no restart of the process
     text = agent.scrape()
     assert 'logship_config_reloads_total{result="ok"} 2.0' in text
