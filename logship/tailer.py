@@ -15,7 +15,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from logship.checkpoint import FileCheckpoint
 from logship.errors import SourceError
@@ -202,10 +202,7 @@ class Tailer:
         return stale
 
     def _reopen(self, saved: FileCheckpoint, now: float) -> bool:
-        directory = os.path.dirname(self.path)
-        for candidate in (self.path, _find_by_inode(directory, saved.dev, saved.ino)):
-            if candidate is None:
-                continue
+        for candidate in self._candidates(saved):
             try:
                 fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
@@ -223,6 +220,13 @@ class Tailer:
                          saved.offset)
             return True
         return False
+
+    def _candidates(self, saved: FileCheckpoint) -> Iterator[str]:
+        """The name first; the directory is scanned only when the name holds another file."""
+        yield self.path
+        found = _find_by_inode(os.path.dirname(self.path), saved.dev, saved.ino)
+        if found is not None:
+            yield found
 
     def read(self, now: float) -> Chunk | None:
         """The next chunk from rotated files first, then the current one; None when idle."""
