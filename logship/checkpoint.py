@@ -11,16 +11,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from logship.errors import ConfigError
 from logship.supervisor import Service
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = "checkpoints.json"
+STATE_DIR_MODE = 0o700
+STATE_FILE_MODE = 0o600
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class CheckpointStore:
 
     def load(self) -> None:
         """Read the saved offsets; a damaged file is set aside, never fatal."""
+        prepare_state_dir(self.file.parent)
         try:
             raw = json.loads(self.file.read_text(encoding="utf-8"))
             entries = [FileCheckpoint(**item) for item in raw["files"]]
@@ -116,10 +121,27 @@ class CheckpointStore:
             self._saved_version = version
 
 
+def prepare_state_dir(state_dir: Path) -> None:
+    """state_dir lists every shipped path: 0700, like Filebeat's data path. An existing
+    directory of ours that is looser is tightened (said once, in the log)."""
+    try:
+        state_dir.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+        st = state_dir.stat()
+        if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & ~STATE_DIR_MODE:
+            os.chmod(state_dir, STATE_DIR_MODE)
+            log.info("state_dir %s: mode tightened from %o to %o", state_dir,
+                     stat.S_IMODE(st.st_mode), STATE_DIR_MODE)
+    except OSError as exc:
+        raise ConfigError(f"state_dir {state_dir}: cannot be created or used: "
+                          f"{exc.strerror}") from None
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as handle:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, STATE_FILE_MODE)
+    with open(fd, "wb") as handle:
+        os.fchmod(fd, STATE_FILE_MODE)
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())

@@ -6,12 +6,15 @@ import argparse
 import logging
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+from logship import logs
 from logship.agent import Agent
 from logship.config import Config, load_config
-from logship.errors import LogshipError, SpecError
-from logship.etcd_source import ETCD_ERRORS, EtcdSource, describe
+from logship.errors import EtcdUnavailable, LogshipError, SpecError
+from logship.etcd_source import ETCD_ERRORS, EtcdSession, EtcdSource, describe
 from logship.spec import parse_value
 
 log = logging.getLogger("logship")
@@ -20,16 +23,11 @@ log = logging.getLogger("logship")
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    logs.setup()
     try:
         return args.func(args)
     except LogshipError as exc:
-        print(f"logship: error: {exc}", file=sys.stderr)
-        return 1
-    except ETCD_ERRORS as exc:
-        print(f"logship: error: etcd: {describe(exc)}", file=sys.stderr)
+        print(f"logship: error: {logs.shown(str(exc), logs.MESSAGE_LIMIT)}", file=sys.stderr)
         return 1
 
 
@@ -52,6 +50,18 @@ def _parser() -> argparse.ArgumentParser:
     get = command("get", get_value, "print the value stored under KEY")
     get.add_argument("key")
     return parser
+
+
+@contextmanager
+def _etcd(config: Config) -> Iterator[EtcdSession]:
+    """A session for one command; etcd's own errors become one clear line."""
+    session = EtcdSource(config.etcd).connect()
+    try:
+        yield session
+    except ETCD_ERRORS as exc:
+        raise EtcdUnavailable(f"etcd {session.endpoint}: {describe(exc)}") from None
+    finally:
+        session.close()
 
 
 def _load(path: Path, strict: bool = False) -> Config:
@@ -90,22 +100,16 @@ def put_value(args: argparse.Namespace) -> int:
     if parsed.rejected:
         raise SpecError(f"key={args.key}: value refused, nothing written: "
                         + "; ".join(parsed.rejected))
-    session = EtcdSource(config.etcd).connect()
-    try:
+    with _etcd(config) as session:
         session.put(args.key, raw)
-    finally:
-        session.close()
     print(f"key={args.key}: wrote {len(parsed.targets)} entries")
     return 0
 
 
 def get_value(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    session = EtcdSource(config.etcd).connect()
-    try:
+    with _etcd(config) as session:
         value, _ = session.read(args.key)
-    finally:
-        session.close()
     if value is None:
         raise LogshipError(f"key={args.key}: not found")
     sys.stdout.write(value.decode("utf-8", errors="replace").rstrip("\n") + "\n")

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import yaml
 
 from logship.errors import ConfigError
+from logship.logs import shown
 from logship.sink import check_producer_settings
 from logship.spec import Target, check_allowed, parse_entry, split_host_port
 
@@ -39,7 +40,7 @@ class KafkaConfig:
     bootstrap_servers: tuple[str, ...]
     api_version: str = "2.8"
     max_block_ms: int = 3000
-    max_request_size: int = 8 * 1024 * 1024
+    max_request_size: int = 1024 * 1024
     buffer_bytes: int = 64 * 1024 * 1024
     producer: tuple[tuple[str, Any], ...] = ()
 
@@ -48,7 +49,7 @@ class KafkaConfig:
 class FilesConfig:
     poll_interval: float = 1.0
     read_chunk_bytes: int = 1024 * 1024
-    max_line_bytes: int = 4 * 1024 * 1024
+    max_line_bytes: int = 1_000_000
     max_in_flight_lines: int = 20000
     max_in_flight_bytes: int = 16 * 1024 * 1024
     close_rotated_after: float = 5.0
@@ -95,7 +96,10 @@ class _Section:
 
 
 def _type(value: Any) -> str:
-    return type(value).__name__
+    """A YAML value's type by the name an operator knows."""
+    names = {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer",
+             float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _as_is(value: Any, name: str) -> Any:
@@ -104,14 +108,22 @@ def _as_is(value: Any, name: str) -> Any:
 
 def _str(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{name}: must be a non-empty string, got {value!r}")
+        raise ConfigError(f"{name}: must be a non-empty string, got {shown(value)}")
+    return value
+
+
+def _secret(value: Any, name: str) -> str:
+    """Like _str, but the value is never echoed: it may be a password."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name}: must be a non-empty string, got {_type(value)} "
+                          f"(value not shown)")
     return value
 
 
 def _number(minimum: float) -> Callable[[Any, str], float]:
     def convert(value: Any, name: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-            raise ConfigError(f"{name}: must be a number >= {minimum}, got {value!r}")
+            raise ConfigError(f"{name}: must be a number >= {minimum}, got {shown(value)}")
         return float(value)
     return convert
 
@@ -119,7 +131,7 @@ def _number(minimum: float) -> Callable[[Any, str], float]:
 def _int(minimum: int) -> Callable[[Any, str], int]:
     def convert(value: Any, name: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+            raise ConfigError(f"{name}: must be an integer >= {minimum}, got {shown(value)}")
         return value
     return convert
 
@@ -127,7 +139,7 @@ def _int(minimum: int) -> Callable[[Any, str], int]:
 def _list_of(item: Callable[[Any, str], Any]) -> Callable[[Any, str], tuple]:
     def convert(value: Any, name: str) -> tuple:
         if isinstance(value, str) or not isinstance(value, list) or not value:
-            raise ConfigError(f"{name}: must be a non-empty list, got {value!r}")
+            raise ConfigError(f"{name}: must be a non-empty list, got {shown(value)}")
         return tuple(item(v, f"{name}[{i}]") for i, v in enumerate(value))
     return convert
 
@@ -139,10 +151,28 @@ def _endpoint(value: Any, name: str) -> tuple[str, int]:
         raise ConfigError(f"{name}: {exc}") from None
 
 
+def _etcd_endpoint(value: Any, name: str) -> tuple[str, int]:
+    """host:port, or the URL form etcdctl users write (http://host:port, https://...)."""
+    text = _str(value, name)
+    scheme, sep, rest = text.partition("://")
+    if sep and scheme in ("http", "https"):
+        text = rest.rstrip("/")
+    elif sep:
+        raise ConfigError(f"{name}: scheme {shown(scheme)}:// not supported; "
+                          f"use host:port, http:// or https://")
+    return _endpoint(text, name)
+
+
+def _broker(value: Any, name: str) -> str:
+    """A Kafka bootstrap server: host:port only (Kafka has no URL form)."""
+    host, port = _endpoint(value, name)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _api_version(value: Any, name: str) -> str:
     text = str(value)
     if not all(part.isdigit() for part in text.split(".")):
-        raise ConfigError(f"{name}: must look like '2.8', got {value!r}")
+        raise ConfigError(f"{name}: must look like '2.8', got {shown(value)}")
     return text
 
 
@@ -154,8 +184,9 @@ def _mapping(value: Any, name: str) -> tuple[tuple[str, Any], ...]:
 
 
 def _etcd(section: _Section) -> EtcdConfig:
+    _refuse_https_without_tls(section)
     return EtcdConfig(
-        endpoints=section.get("endpoints", _list_of(_endpoint)),
+        endpoints=section.get("endpoints", _list_of(_etcd_endpoint)),
         keys=section.get("keys", _list_of(_str)),
         timeout=section.get("timeout", _number(0.1), 5.0),
         probe_interval=section.get("probe_interval", _number(0.1), 5.0),
@@ -163,16 +194,25 @@ def _etcd(section: _Section) -> EtcdConfig:
         cert_key=section.get("cert_key", _str, None),
         cert_cert=section.get("cert_cert", _str, None),
         user=section.get("user", _str, None),
-        password=section.get("password", _str, None),
+        password=section.get("password", _secret, None),
     )
+
+
+def _refuse_https_without_tls(section: _Section) -> None:
+    endpoints = section.data.get("endpoints")
+    https = [i for i, e in enumerate(endpoints if isinstance(endpoints, list) else [])
+             if isinstance(e, str) and e.startswith("https://")]
+    if https and not section.data.get("ca_cert"):
+        raise ConfigError(f"{section.field('endpoints')}[{https[0]}]: https:// needs "
+                          f"{section.field('ca_cert')} (the CA that signed etcd's certificate)")
 
 
 def _kafka(section: _Section) -> KafkaConfig:
     return KafkaConfig(
-        bootstrap_servers=section.get("bootstrap_servers", _list_of(_str)),
+        bootstrap_servers=section.get("bootstrap_servers", _list_of(_broker)),
         api_version=section.get("api_version", _api_version, "2.8"),
         max_block_ms=section.get("max_block_ms", _int(100), 3000),
-        max_request_size=section.get("max_request_size", _int(1024), 8 * 1024 * 1024),
+        max_request_size=section.get("max_request_size", _int(1024), 1024 * 1024),
         buffer_bytes=section.get("buffer_bytes", _int(1024 * 1024), 64 * 1024 * 1024),
         producer=section.get("producer", _mapping, ()),
     )
@@ -239,17 +279,31 @@ def _allowed_glob(value: Any, name: str) -> str:
     return text
 
 
+def _yaml_error(exc: yaml.YAMLError) -> str:
+    """':line:column: not valid YAML: problem', without PyYAML's snippet of the line,
+    which could echo a password."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    context = getattr(exc, "context", None)
+    return f"{where}: not valid YAML: {problem}" + (f" ({context})" if context else "")
+
+
 def load_config(path: str | os.PathLike, strict: bool = False) -> Config:
     """Read and validate the file; strict turns unknown settings into errors."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at "
+                          f"offset {exc.start}); save the file as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}{_yaml_error(exc)}") from None
     try:
         config = parse_config(data, path.resolve().parent)
     except ConfigError as exc:

@@ -14,10 +14,13 @@ from functools import lru_cache
 from typing import Any, Iterable
 
 from logship.errors import SpecError
+from logship.logs import shown
 
 READ_FROM = ("end", "beginning")
+PATH_MAX = 4096
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _FIELDS = {"path", "topic", "read_from"}
+_INT_DIGITS = 4300   # Python's int-parsing limit (sys.get_int_max_str_digits)
 
 
 @dataclass(frozen=True)
@@ -42,29 +45,72 @@ class ParsedValue:
     rejected: tuple[str, ...]
 
 
+_HOST = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\]")
+
+
 def split_host_port(text: str) -> tuple[str, int]:
+    """'host:port' (a name, an IPv4 address or a bracketed IPv6 address) and nothing else."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"must be host:port, got {text!r}")
-    return host, int(port)
+    if not sep or not _HOST.fullmatch(host) or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be host:port, got {shown(text)!r}")
+    return host.strip("[]"), int(port)
+
+
+class HugeNumber:
+    """A JSON number too long to parse: kept as a marker so only its entry is refused."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"<a number of {self.digits} digits>"
+
+
+def _parse_int(text: str) -> int | HugeNumber:
+    return int(text) if len(text) <= _INT_DIGITS else HugeNumber(len(text))
+
+
+def _js(value: Any) -> str:
+    """An entry's value as JSON, escaped and capped for an error message."""
+    return shown(json.dumps(value, ensure_ascii=False, default=repr))
+
+
+def _check_path(path: Any) -> str:
+    if not isinstance(path, str) or not os.path.isabs(path):
+        raise ValueError(f"path: must be an absolute path, got {_js(path)}")
+    if "\0" in path:
+        raise ValueError(f"path: contains a NUL character: {_js(path)}")
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"path: not valid UTF-8 (a lone surrogate escape): {_js(path)}") from None
+    if len(encoded) > PATH_MAX:
+        raise ValueError(f"path: longer than {PATH_MAX} bytes: {_js(path)}")
+    return os.path.normpath(path)
 
 
 def parse_entry(entry: Any) -> Target:
     """Check one entry's shape; raises ValueError naming the bad field."""
     if not isinstance(entry, dict):
-        raise ValueError(f"entry must be an object, got {json.dumps(entry)}")
+        raise ValueError(f"entry must be an object, got {_json_type(entry)} {_js(entry)}")
     unknown = sorted(set(entry) - _FIELDS)
     if unknown:
-        raise ValueError(f"unknown field {unknown[0]!r}")
-    path, topic = entry.get("path"), entry.get("topic")
+        raise ValueError(f"unknown field '{shown(unknown[0])}'")
+    path = _check_path(entry.get("path"))
+    topic = entry.get("topic")
     read_from = entry.get("read_from", "end")
-    if not isinstance(path, str) or not os.path.isabs(path):
-        raise ValueError(f"path: must be an absolute path, got {json.dumps(path)}")
     if not isinstance(topic, str) or not _TOPIC.fullmatch(topic) or topic in (".", ".."):
-        raise ValueError(f"topic: not a valid Kafka topic name: {json.dumps(topic)}")
+        raise ValueError(f"topic: not a valid Kafka topic name: {_js(topic)}")
     if read_from not in READ_FROM:
-        raise ValueError(f"read_from: must be 'end' or 'beginning', got {json.dumps(read_from)}")
-    return Target(os.path.normpath(path), topic, read_from)
+        raise ValueError(f"read_from: must be 'end' or 'beginning', got {_js(read_from)}")
+    return Target(path, topic, read_from)
+
+
+def _json_type(value: Any) -> str:
+    """A parsed JSON value's type by its JSON name (object, not dict)."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null",
+             int: "number", float: "number", HugeNumber: "number"}
+    return names.get(type(value), type(value).__name__)
 
 
 @lru_cache(maxsize=256)
@@ -87,26 +133,30 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(parts))
 
 
-def path_allowed(path: str, allowed: Iterable[str]) -> bool:
-    """Judge the real path, so that a symlink cannot lead outside the allowed globs."""
-    real = os.path.realpath(path)
+def real_path_allowed(real: str, allowed: Iterable[str]) -> bool:
     return any(_glob_regex(glob).fullmatch(real) for glob in allowed)
 
 
 def check_allowed(target: Target, allowed: Iterable[str]) -> None:
-    if not path_allowed(target.path, allowed):
-        raise ValueError(f"path: {target.path} (real path {os.path.realpath(target.path)}) "
+    """Refuse early what is outside allowed_paths now. Only advisory: the name may point
+    elsewhere by the time it is opened, so the worker judges the opened descriptor again."""
+    try:
+        real = os.path.realpath(target.path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"path: {shown(target.path)}: cannot resolve: {exc}") from None
+    if not real_path_allowed(real, allowed):
+        raise ValueError(f"path: {shown(target.path)} (real path {shown(real)}) "
                          f"is outside allowed_paths")
 
 
 def parse_value(raw: bytes | str, allowed: Iterable[str]) -> ParsedValue:
     """Parse an etcd value; raises SpecError when the whole value must be refused."""
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_int=_parse_int)
     except (ValueError, RecursionError) as exc:
-        raise SpecError(f"value is not valid JSON: {exc}") from None
+        raise SpecError(f"value is not valid JSON: {shown(str(exc))}") from None
     if not isinstance(data, list):
-        raise SpecError(f"value must be a JSON array of entries, got {type(data).__name__}")
+        raise SpecError(f"value must be a JSON array of entries, got {_json_type(data)}")
     targets: dict[tuple[str, str], Target] = {}
     rejected = []
     for index, entry in enumerate(data):

@@ -104,7 +104,7 @@ class Supervisor(Generic[K, S]):
         for child in self._children.values():
             service = child.service
             if service is not None and not service.is_alive():
-                self._crashed(child, service, now)
+                self._crashed(child, service.failure, now)
             elif service is None and now >= child.restart_at:
                 self._start(child)
 
@@ -120,15 +120,20 @@ class Supervisor(Generic[K, S]):
         self._children.clear()
 
     def _start(self, child: _Child[S]) -> None:
-        child.service = self._factory(child.spec)
+        """A child that cannot even be built counts as crashed: the supervisor's owner
+        must survive any one child's bad spec."""
         child.started = time.monotonic()
+        try:
+            child.service = self._factory(child.spec)
+        except Exception as exc:
+            self._crashed(child, exc, child.started)
+            return
         child.service.start()
 
-    def _crashed(self, child: _Child[S], service: Service, now: float) -> None:
+    def _crashed(self, child: _Child[S], failure: BaseException | None, now: float) -> None:
         delay = child.backoff.next_delay(now - child.started)
         child.service = None
         child.restart_at = now + delay
-        failure = service.failure
         if failure is None:
             log.error("%s %s exited unexpectedly; restarting in %.1fs", self.kind, child.spec, delay)
         elif isinstance(failure, LogshipError):

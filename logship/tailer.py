@@ -19,7 +19,8 @@ from typing import Iterable, Iterator
 
 from logship.checkpoint import FileCheckpoint
 from logship.errors import SourceError
-from logship.spec import path_allowed
+from logship.logs import shown
+from logship.spec import real_path_allowed
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,46 @@ class FollowedFile:
         os.close(self.fd)
 
 
+def open_checked(path: str, allowed: Iterable[str]) -> int | None:
+    """Open without blocking, then judge what was opened, never the name.
+
+    The name can be swapped (a symlink renamed over it) between any check and the open,
+    so the descriptor's own path (/proc/self/fd) is matched against allowed_paths.
+    O_NONBLOCK keeps a FIFO from hanging the open. None when nothing is there (any more).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SourceError(f"path={shown(path)}: cannot open: {exc.strerror}") from None
+    try:
+        _check_opened(path, fd, allowed)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_opened(path: str, fd: int, allowed: Iterable[str]) -> None:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise SourceError(f"path={shown(path)}: not a regular file")
+    real = os.readlink(f"/proc/self/fd/{fd}")
+    if not real_path_allowed(real, allowed):
+        raise SourceError(f"path={shown(path)}: real path {shown(real)} is outside allowed_paths")
+    _refuse_pseudo_file(path, fd, st.st_size)
+
+
+def _refuse_pseudo_file(path: str, fd: int, size: int) -> None:
+    """procfs and sysfs files report a size that reading does not reach: at their stated
+    end there is still data, and stat again says the same size. Followed, they would look
+    truncated at every read and ship their content in an endless loop."""
+    if os.pread(fd, 1, size) and os.fstat(fd).st_size <= size:
+        raise SourceError(f"path={shown(path)}: its size does not grow as it is read "
+                          f"(procfs or sysfs?); not a log file")
+
+
 def fingerprint(fd: int, size: int) -> tuple[int, str]:
     """Hash of the first bytes: tells a new file that reuses an inode from the old one."""
     length = min(size, FINGERPRINT_BYTES)
@@ -204,8 +245,11 @@ class Tailer:
     def _reopen(self, saved: FileCheckpoint, now: float) -> bool:
         for candidate in self._candidates(saved):
             try:
-                fd = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
+                fd = open_checked(candidate, self.settings.allowed_paths)
+            except SourceError as exc:
+                log.warning("%s; not resuming it", exc)
+                continue
+            if fd is None:
                 continue
             if not _matches(fd, saved):
                 os.close(fd)
@@ -256,12 +300,13 @@ class Tailer:
             self._retire_current("removed or renamed away")
             return False
         except OSError as exc:
-            raise SourceError(f"path={self.path}: cannot stat: {exc.strerror}") from None
+            raise SourceError(f"path={shown(self.path)}: cannot stat: {exc.strerror}") from None
         if not stat.S_ISREG(st.st_mode):
-            raise SourceError(f"path={self.path}: not a regular file")
+            raise SourceError(f"path={shown(self.path)}: not a regular file")
         current = self.current
         if current is not None and current.identity == (st.st_dev, st.st_ino):
             if st.st_size < current.read_pos:
+                _refuse_pseudo_file(self.path, current.fd, st.st_size)
                 log.warning("path=%s truncated (size %d < offset %d); reading from the start",
                             self.path, st.st_size, current.read_pos)
                 current.rewind()
@@ -279,20 +324,9 @@ class Tailer:
             self.current = None
 
     def _open_current(self, now: float, at_end: bool) -> bool:
-        if not os.path.exists(self.path):
+        fd = open_checked(self.path, self.settings.allowed_paths)
+        if fd is None:
             return False
-        if not path_allowed(self.path, self.settings.allowed_paths):
-            raise SourceError(f"path={self.path}: real path {os.path.realpath(self.path)} "
-                              f"is outside allowed_paths")
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise SourceError(f"path={self.path}: cannot open: {exc.strerror}") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise SourceError(f"path={self.path}: not a regular file")
         offset = _end_of_last_line(fd) if at_end else 0
         self.current = FollowedFile(self.path, fd, offset, now)
         self.opened.append(self.current)

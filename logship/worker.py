@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from logship.checkpoint import CheckpointStore
 from logship.config import FilesConfig
@@ -31,14 +31,27 @@ DRAIN_TIMEOUT = 4.0
 SEND_BATCH = 1000
 
 
+RESEND_TIMEOUT = 30.0
+
+
 @dataclass
 class InFlight:
-    """One sent batch: it is acknowledged when all of its futures are done."""
+    """One sent batch: it is acknowledged when all of its futures are done. Its lines
+    stay referenced for the rare resend of records the broker refused."""
 
     file: FollowedFile
     end_offset: int
-    futures: list[Future]
-    nbytes: int
+    lines: list[bytes]
+    offsets: list[int]
+    sent: Sent
+    nbytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.nbytes = sum(map(len, self.lines))
+
+    @property
+    def futures(self) -> list[Future]:
+        return self.sent.futures
 
     def done(self) -> bool:
         """Cheap while waiting: the last record is checked first, the scan runs once."""
@@ -152,25 +165,26 @@ class Worker(Service):
         sent = self._sink.send(self.target.topic, self._key, chunk.lines[start:stop],
                                chunk.offsets[start:stop])
         stop = start + sent.count
-        lines = chunk.lines[start:stop]
         end_offset = chunk.offsets[stop] if stop < len(chunk.lines) else chunk.end_offset
         self._queued_at = stop
         if stop == len(chunk.lines):
             self._queued = None
-        if lines:
-            self._track(chunk.file, end_offset, lines, sent)
+        if sent.count:
+            self._track(InFlight(chunk.file, end_offset, chunk.lines[start:stop],
+                                 chunk.offsets[start:stop], sent))
         self._kafka_state(sent.unavailable)
 
-    def _track(self, file: FollowedFile, end_offset: int, lines: list[bytes], sent: Sent) -> None:
-        nbytes = sum(map(len, lines))
-        self._read_lines.inc(len(lines))
-        if sent.too_large:
-            self._too_large.inc(sent.too_large)
+    def _track(self, batch: InFlight) -> None:
+        sent = batch.sent
+        nbytes = batch.nbytes
+        self._read_lines.inc(len(batch.lines))
+        if sent.skipped:
+            self._too_large.inc(len(sent.skipped))
             log.error("%s: %d line(s) larger than kafka.max_request_size skipped", self.target,
-                      sent.too_large)
+                      len(sent.skipped))
         if sent.futures:
             sent.futures[-1].add_both(self._on_done)
-        self._pending.append(InFlight(file, end_offset, sent.futures, nbytes))
+        self._pending.append(batch)
         self._pending_lines += len(sent.futures)
         self._pending_bytes += nbytes
         self._sink.budget.take(nbytes)
@@ -206,19 +220,35 @@ class Worker(Service):
             self._publish(touched)
 
     def _account(self, batch: InFlight) -> None:
-        failed = [f.exception for f in batch.futures if f.exception is not None]
-        too_large = [e for e in failed if is_too_large(e)]
-        if len(too_large) < len(failed):
-            self._errors.inc(len(failed) - len(too_large))
-            error = next(e for e in failed if not is_too_large(e))
+        failed = [i for i, f in enumerate(batch.futures) if f.exception is not None]
+        errors = [batch.futures[i].exception for i in failed]
+        if not all(map(is_too_large, errors)):
+            self._errors.inc(len(failed))
+            error = next(e for e in errors if not is_too_large(e))
             raise SinkError(f"{self.target}: Kafka did not acknowledge {len(failed)} line(s): "
                             f"{error}; resending from offset {batch.file.acked_offset}")
-        if too_large:
-            self._too_large.inc(len(too_large))
-            log.error("%s: %d line(s) refused by the broker as too large; skipped", self.target,
-                      len(too_large))
-        self._sent.inc(len(batch.futures) - len(failed))
+        delivered = len(batch.futures) - len(failed)
+        if failed:
+            delivered += self._resend_refused(batch, failed)
+        self._sent.inc(delivered)
         self._sent_bytes.inc(batch.nbytes)
+
+    def _resend_refused(self, batch: InFlight, failed: list[int]) -> int:
+        """The broker refused records as too large. With idempotence that fails every
+        record behind the culprit too, so all of them are resent alone: only the one
+        that is really too large is skipped."""
+        self._sink.recover(batch.sent.generation)
+        skipped = set(batch.sent.skipped)
+        line_of_future = [i for i in range(len(batch.lines)) if i not in skipped]
+        indices = [line_of_future[i] for i in failed]
+        resent = self._sink.resend_alone(self.target.topic, self._key,
+                                         [batch.lines[i] for i in indices],
+                                         [batch.offsets[i] for i in indices], RESEND_TIMEOUT)
+        if resent.too_large:
+            self._too_large.inc(resent.too_large)
+            log.error("%s: %d line(s) refused by the broker as too large; skipped", self.target,
+                      resent.too_large)
+        return resent.delivered
 
     def _publish(self, files) -> None:
         for followed in files:

@@ -21,7 +21,9 @@ from typing import Callable
 
 import etcd3
 import yaml
-from kafka import KafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import NewTopic
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
@@ -141,6 +143,15 @@ class Kafka(Service):
             return False
         finally:
             consumer.close()
+
+
+    def create_topic(self, name: str, **configs: str) -> None:
+        """A topic with its own settings, e.g. a lower max.message.bytes."""
+        admin = KafkaAdminClient(bootstrap_servers=self.address, api_version=(2, 8))
+        try:
+            admin.create_topics([NewTopic(name, 1, 1, topic_configs=configs)])
+        finally:
+            admin.close()
 
 
 class TopicReader:
@@ -265,6 +276,14 @@ class Agent:
     def scrape(self, path: str = "/metrics") -> str:
         with urllib.request.urlopen(f"http://{self.config['metrics']['listen']}{path}") as resp:
             return resp.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample's value from /metrics (labels in any order); 0 when absent."""
+        for family in text_string_to_metric_families(self.scrape()):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return sample.value
+        return 0.0
 
     def checkpoints(self) -> list[dict]:
         path = self.workdir / "state" / "checkpoints.json"

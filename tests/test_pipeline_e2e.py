@@ -135,12 +135,13 @@ def test_worker_recovers_from_a_directory_in_its_place(etcd, kafka, make_agent, 
     assert f'logship_worker_restarts_total{{topic="{topic}"}}' in metrics
 
 
-def test_a_one_mib_line_passes_intact(etcd, kafka, make_agent, reader, key, topic, tmp_path):
+def test_a_line_of_the_default_maximum_passes_intact(
+        etcd, kafka, make_agent, reader, key, topic, tmp_path):
     log = tmp_path / "big.log"
     etcd.put(key, [entry(log, topic)])
     agent = make_agent(etcd, kafka, [key]).start()
     agent.wait_log(f"worker started path={log}")
-    big = os.urandom(512 * 1024).hex().encode()      # 1 MiB, no newline inside
+    big = os.urandom(500_000).hex().encode()         # files.max_line_bytes, across reads
     with open(log, "ab") as f:
         f.write(big[:300000])
         f.flush()

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from logship.errors import SpecError
-from logship.spec import Target, parse_value, path_allowed, split_host_port
+from logship.spec import Target, check_allowed, parse_value, split_host_port
 
 ALLOWED = ("/var/log/**",)
 
@@ -49,6 +49,14 @@ def test_bad_entry_refused_alone(entry, reason):
     assert reason in parsed.rejected[0]
 
 
+def path_allowed(path, allowed) -> bool:
+    try:
+        check_allowed(Target(path, "t"), allowed)
+    except ValueError:
+        return False
+    return True
+
+
 def test_globs_and_symlinks(tmp_path):
     assert path_allowed("/var/log/a/b/c.log", ["/var/log/**"])
     assert path_allowed("/var/log/app.log", ["/var/log/*.log"])
@@ -63,6 +71,7 @@ def test_globs_and_symlinks(tmp_path):
 
 def test_host_port():
     assert split_host_port("127.0.0.1:2379") == ("127.0.0.1", 2379)
-    for bad in ("nohost", ":1", "h:", "h:0", "h:70000", "h:x"):
+    assert split_host_port("[::1]:9092") == ("::1", 9092)
+    for bad in ("nohost", ":1", "h:", "h:0", "h:70000", "h:x", "http://h:1", "h/x:1", "a b:1"):
         with pytest.raises(ValueError):
             split_host_port(bad)

@@ -1,0 +1,52 @@
+"""Operator-facing log lines: one event per line, whatever the input held.
+
+Values that come from outside (etcd values, file names, config text) may hold newlines,
+terminal escapes, lone surrogates or megabytes of text. `shown()` makes one such value
+safe to echo; the formatter escapes control characters in every message as a last
+line of defence, so no input can forge or split a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+ECHO_LIMIT = 200
+MESSAGE_LIMIT = 16 * 1024
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def escape(text: str) -> str:
+    """Control characters and lone surrogates as \\xNN / \\uNNNN escapes."""
+    return _UNSAFE.sub(_escape_char, text)
+
+
+def shown(value: object, limit: int = ECHO_LIMIT) -> str:
+    """An outside value, escaped and capped, for an error message: 'abc... (N chars)'."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text)} chars)"
+    return escape(text)
+
+
+class SafeFormatter(logging.Formatter):
+    """Escapes and caps the message; a traceback (exc_info) keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = shown(record.message, MESSAGE_LIMIT)
+        return super().formatMessage(record)
+
+
+def setup(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
