@@ -10,6 +10,7 @@ config reloads.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from dataclasses import replace
@@ -22,18 +23,30 @@ from logship.etcd_source import EtcdSource
 from logship.fswatch import DirWatcher, Subscription
 from logship.manager import Manager
 from logship.metrics import Metrics, MetricsServer
-from logship.sink import Sink
+from logship.sink import Sink, check_settings, open_sink
 from logship.spec import Target
 from logship.supervisor import Supervisor
 from logship.worker import Worker
 
 log = logging.getLogger(__name__)
 
+HOST = socket.gethostname().encode()
+
 STATIC_OWNER = "config"
 TICK = 0.2
 RELOAD_SETTLE = 0.3
 CHECKPOINT_INTERVAL = 1.0
 HEALTHY_WITHIN = 10.0
+
+
+def load(path: Path, strict: bool = False) -> Config:
+    """config.yaml validated whole: its schema, then `kafka.producer` by the chosen client."""
+    config = load_config(path, strict=strict)
+    try:
+        check_settings(config.kafka)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return config
 
 
 class Agent:
@@ -43,7 +56,7 @@ class Agent:
         self.metrics = Metrics()
         self.store = CheckpointStore(config.state_dir)
         self.watcher = DirWatcher()
-        self.sink = self._adopt_sink(Sink(config.kafka))
+        self.sink = self._adopt_sink(open_sink(config.kafka, HOST))
         self.source = EtcdSource(config.etcd)
         self._lock = threading.Lock()
         self._declared: dict[str, tuple[Target, ...]] = {}
@@ -168,8 +181,8 @@ class Agent:
     def reload(self) -> None:
         """Apply config.yaml again; a config that fails keeps the running one."""
         try:
-            new = load_config(self.config_path)
-            sink = Sink(new.kafka) if new.kafka != self.config.kafka else self.sink
+            new = load(self.config_path)
+            sink = open_sink(new.kafka, HOST) if new.kafka != self.config.kafka else self.sink
         except ConfigError as exc:
             self.metrics.config_reloads.labels("error").inc()
             log.error("config reload refused, keeping the running config: %s", exc)

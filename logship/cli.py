@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Iterator
 
 from logship import logs
-from logship.agent import Agent
-from logship.config import Config, load_config
+from logship.agent import Agent, load
+from logship.config import Config
 from logship.errors import EtcdUnavailable, LogshipError, SpecError
 from logship.etcd_source import ETCD_ERRORS, EtcdSession, EtcdSource, describe
 from logship.spec import parse_value
@@ -65,7 +65,7 @@ def _etcd(config: Config) -> Iterator[EtcdSession]:
 
 
 def _load(path: Path, strict: bool = False) -> Config:
-    config = load_config(path, strict=strict)
+    config = load(path, strict=strict)
     for warning in config.warnings:
         log.warning("config: %s", warning)
     return config
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    config = load_config(args.config, strict=True)
+    config = load(args.config, strict=True)
     print(f"{args.config}: ok ({len(config.etcd.keys)} etcd key(s), "
           f"{len(config.logs)} static entr(ies))")
     return 0

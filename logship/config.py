@@ -16,10 +16,11 @@ import yaml
 
 from logship.errors import ConfigError
 from logship.logs import shown
-from logship.sink import check_producer_settings
 from logship.spec import Target, check_allowed, parse_entry, split_host_port
 
 DEFAULT_ALLOWED_PATHS = ("/var/log/**",)
+CLIENTS = ("kafka-python", "confluent-kafka")
+COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class EtcdConfig:
 @dataclass(frozen=True)
 class KafkaConfig:
     bootstrap_servers: tuple[str, ...]
+    client: str = "kafka-python"
+    compression: str = "none"
     api_version: str = "2.8"
     max_block_ms: int = 3000
     max_request_size: int = 1024 * 1024
@@ -177,10 +180,18 @@ def _api_version(value: Any, name: str) -> str:
 
 
 def _mapping(value: Any, name: str) -> tuple[tuple[str, Any], ...]:
+    """The client's own settings; the sink judges them for the chosen client."""
     if not isinstance(value, dict):
-        raise ConfigError(f"{name}: must be a mapping of kafka-python producer settings")
-    check_producer_settings(value, name)
+        raise ConfigError(f"{name}: must be a mapping of the client's producer settings")
     return tuple(sorted((str(k), v) for k, v in value.items()))
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any, str], str]:
+    def convert(value: Any, name: str) -> str:
+        if value not in choices:
+            raise ConfigError(f"{name}: must be one of {', '.join(choices)}, got {shown(value)}")
+        return value
+    return convert
 
 
 def _etcd(section: _Section) -> EtcdConfig:
@@ -210,6 +221,8 @@ def _refuse_https_without_tls(section: _Section) -> None:
 def _kafka(section: _Section) -> KafkaConfig:
     return KafkaConfig(
         bootstrap_servers=section.get("bootstrap_servers", _list_of(_broker)),
+        client=section.get("client", _one_of(CLIENTS), "kafka-python"),
+        compression=section.get("compression", _one_of(COMPRESSIONS), "none"),
         api_version=section.get("api_version", _api_version, "2.8"),
         max_block_ms=section.get("max_block_ms", _int(100), 3000),
         max_request_size=section.get("max_request_size", _int(1024), 1024 * 1024),

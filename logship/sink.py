@@ -1,55 +1,56 @@
-"""The only importer of kafka: one shared producer and the agent-wide in-flight budget.
+"""The sink interface: what a worker needs from a Kafka client, and the choice of client.
 
-kafka-python has no memory cap of its own, so the budget counts line bytes sent and
-not yet acknowledged; workers stop reading while it is spent. A record is one line:
-value = the line, key = the file's path, headers = path, host, offset.
+Each client lives in a module of its own, the only importer of its library:
+`sink_kafka_python` (the default) and `sink_confluent` (librdkafka, the fast path, an
+optional extra). Both keep one contract: acks=all with idempotence, records identical
+(value = the line, key = the file's path, headers path, host, offset), delivery known
+per batch of lines so that an offset never passes an unacknowledged line, and the
+agent-wide in-flight budget, since neither client caps memory the way we need.
 """
 
 from __future__ import annotations
 
-import logging
-import socket
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
-
-from kafka import KafkaProducer
-from kafka.errors import (KafkaError, KafkaTimeoutError, MessageSizeTooLargeError,
-                          RecordListTooLargeError)
-from kafka.producer.future import FutureRecordMetadata
-
-from logship.errors import ConfigError, SinkError
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 if TYPE_CHECKING:
     from logship.config import KafkaConfig
 
-log = logging.getLogger(__name__)
-
-Future = FutureRecordMetadata
-
-MANAGED = {
-    "bootstrap_servers": "kafka.bootstrap_servers",
-    "api_version": "kafka.api_version",
-    "max_block_ms": "kafka.max_block_ms",
-    "max_request_size": "kafka.max_request_size",
-    "acks": "nothing: logship always uses acks=all",
-    "key_serializer": "nothing: keys are the file paths",
-    "value_serializer": "nothing: values are the lines",
-}
-DEFAULTS = {"linger_ms": 5, "batch_size": 256 * 1024}
+Wake = Callable[[], None]
 
 
-def check_producer_settings(settings: dict[str, Any], field: str) -> None:
-    """Refuse settings kafka-python does not know, and those logship manages itself."""
-    for name in settings:
-        if name in MANAGED:
-            raise ConfigError(f"{field}.{name}: managed by logship; set {MANAGED[name]}")
-        if name not in KafkaProducer.DEFAULT_CONFIG:
-            raise ConfigError(f"{field}.{name}: not a kafka-python producer setting")
+class Delivery(Protocol):
+    """The acknowledgement state of one batch of lines handed to the client."""
+
+    def done(self) -> bool:
+        """Every record of the batch is settled (acknowledged or failed)."""
+
+    def failures(self) -> list[tuple[int, BaseException]]:
+        """(index of the line in the batch, error) of each failed record; once done."""
 
 
-def is_too_large(error: BaseException | None) -> bool:
-    return isinstance(error, (MessageSizeTooLargeError, RecordListTooLargeError))
+@dataclass
+class Sent:
+    """What one send() took: the first `count` lines. Those at the indices in `skipped`
+    were refused by the client itself as too large; `delivery` tracks all the others."""
+
+    generation: int
+    delivery: Delivery | None = None
+    skipped: list[int] = field(default_factory=list)
+    count: int = 0
+    unavailable: str | None = None
+
+    @property
+    def handed_over(self) -> int:
+        return self.count - len(self.skipped)
+
+
+@dataclass
+class Resent:
+    delivered: int = 0
+    too_large: int = 0
 
 
 class InFlightBudget:
@@ -72,124 +73,69 @@ class InFlightBudget:
             self.used -= nbytes
 
 
-@dataclass
-class Sent:
-    """What one send() took: `count` lines; those at the indices in `skipped` were too
-    large to send, every other one has its future, in order."""
+class Sink(ABC):
+    """One shared producer for the whole agent."""
 
-    generation: int
-    futures: list[Future] = field(default_factory=list)
-    skipped: list[int] = field(default_factory=list)
-    count: int = 0
-    unavailable: str | None = None
-
-
-@dataclass
-class Resent:
-    delivered: int = 0
-    too_large: int = 0
-
-
-class Sink:
-    def __init__(self, config: KafkaConfig) -> None:
+    def __init__(self, config: KafkaConfig, host: bytes) -> None:
         self.config = config
         self.budget = InFlightBudget(config.buffer_bytes)
-        self._host = socket.gethostname().encode()
-        self._lock = threading.Lock()
-        self._producer = self._new_producer()
-        self._generation = 0
-        self._isolation: KafkaProducer | None = None
+        self.host = host
 
-    def _new_producer(self, **overrides: Any) -> KafkaProducer:
-        config = self.config
-        settings = {**DEFAULTS, **dict(config.producer), **overrides}
-        try:
-            return KafkaProducer(
-                bootstrap_servers=list(config.bootstrap_servers),
-                api_version=tuple(int(p) for p in config.api_version.split(".")),
-                acks="all",
-                max_block_ms=config.max_block_ms,
-                max_request_size=config.max_request_size,
-                **settings,
-            )
-        except (KafkaError, ValueError, TypeError, AssertionError) as exc:
-            raise ConfigError(f"kafka: cannot create the producer: {exc}") from None
+    @abstractmethod
+    def send(self, topic: str, key: bytes, lines: Sequence[bytes], offsets: Sequence[int],
+             wake: Wake) -> Sent:
+        """Hand lines over in order; `wake` is called (on any thread) when the batch is
+        settled. Stops early when Kafka cannot take records now (`Sent.unavailable`)."""
 
-    def send(self, topic: str, key: bytes, lines: Sequence[bytes],
-             offsets: Sequence[int]) -> Sent:
-        """Send lines in order, stopping early when Kafka cannot take records now (no
-        metadata within max_block_ms): the caller keeps the rest and tries again."""
-        return self._produce(self._producer, Sent(self._generation), topic, key, lines, offsets)
+    @abstractmethod
+    def is_too_large(self, error: BaseException) -> bool:
+        """The broker refused the record as too large: skipping it is the only way on."""
 
-    def _produce(self, producer: KafkaProducer, result: Sent, topic: str, key: bytes,
-                 lines: Sequence[bytes], offsets: Sequence[int]) -> Sent:
-        send = producer.send
-        path_header = ("path", key)
-        host_header = ("host", self._host)
-        try:
-            for line, offset in zip(lines, offsets):
-                try:
-                    result.futures.append(send(topic, value=line, key=key, headers=[
-                        path_header, host_header, ("offset", b"%d" % offset)]))
-                except MessageSizeTooLargeError:
-                    result.skipped.append(result.count)
-                result.count += 1
-        except KafkaTimeoutError as exc:
-            result.unavailable = f"Kafka unavailable: {exc}"
-        except KafkaError as exc:
-            raise SinkError(f"topic={topic}: send failed: {exc}") from None
-        return result
-
+    @abstractmethod
     def recover(self, generation: int) -> None:
-        """A record the broker refused as too large leaves an idempotent kafka-python
-        producer in a fatal state that fails every later record: replace it, once per
-        generation however many workers report it."""
-        with self._lock:
-            if generation != self._generation:
-                return
-            old, self._producer = self._producer, self._new_producer()
-            self._generation += 1
-        log.warning("Kafka refused a record as too large; producer rebuilt (broker limit "
-                    "below kafka.max_request_size?)")
-        old.close(timeout=0)
+        """Called after records were refused as too large by the broker: replace the
+        producer if that left it unusable (once per generation)."""
 
+    @abstractmethod
     def resend_alone(self, topic: str, key: bytes, lines: Sequence[bytes],
                      offsets: Sequence[int], timeout: float) -> Resent:
-        """Resend through a producer without idempotence, one request in flight: there
-        kafka-python splits a refused batch down to the one record that is too large,
-        and only that record fails. Blocks until every record is settled."""
-        with self._lock:
-            if self._isolation is None:
-                self._isolation = self._new_producer(
-                    enable_idempotence=False, max_in_flight_requests_per_connection=1,
-                    linger_ms=0)
-            producer = self._isolation
-        sent = self._produce(producer, Sent(self._generation), topic, key, lines, offsets)
-        if sent.unavailable:
-            raise SinkError(f"topic={topic}: resend failed: {sent.unavailable}")
-        producer.flush(timeout=timeout)
-        resent = Resent(too_large=len(sent.skipped))
-        for future in sent.futures:
-            error = future.exception if future.is_done else KafkaTimeoutError("not settled")
-            if error is None:
-                resent.delivered += 1
-            elif is_too_large(error):
-                resent.too_large += 1
-            else:
-                raise SinkError(f"topic={topic}: resend failed: {error}")
-        return resent
+        """Resend each record in a request of its own and wait, so that only a record
+        that is too large by itself fails."""
 
-    def flush(self, timeout: float) -> None:
-        try:
-            self._producer.flush(timeout=timeout)
-        except KafkaTimeoutError:
-            log.warning("Kafka did not acknowledge everything within %.0fs", timeout)
-
+    @abstractmethod
     def close(self, timeout: float) -> None:
-        for producer in (self._producer, self._isolation):
-            if producer is None:
-                continue
-            try:
-                producer.close(timeout=timeout)
-            except KafkaError as exc:
-                log.warning("closing the Kafka producer: %s", exc)
+        """Flush what can be flushed within timeout, then release the client."""
+
+
+def line_failures(failed: list[tuple[int, BaseException]],
+                  skipped: list[int]) -> list[tuple[int, BaseException]]:
+    """Failures numbered among the records handed over, renumbered among the batch's
+    lines (the lines at `skipped` were never handed over)."""
+    if not failed or not skipped:
+        return failed
+    excluded = set(skipped)
+    line_of = [i for i in range(len(skipped) + max(i for i, _ in failed) + 1)
+               if i not in excluded]
+    return [(line_of[i], error) for i, error in failed]
+
+
+def headers(key: bytes, host: bytes, offset: int) -> list[tuple[str, bytes]]:
+    return [("path", key), ("host", host), ("offset", b"%d" % offset)]
+
+
+def open_sink(config: KafkaConfig, host: bytes) -> Sink:
+    """The configured client's sink; the optional client is imported only when chosen."""
+    if config.client == "confluent-kafka":
+        from logship.sink_confluent import ConfluentSink
+        return ConfluentSink(config, host)
+    from logship.sink_kafka_python import KafkaPythonSink
+    return KafkaPythonSink(config, host)
+
+
+def check_settings(config: KafkaConfig) -> None:
+    """Validate `kafka.producer` for the chosen client (ConfigError naming the field)."""
+    if config.client == "confluent-kafka":
+        from logship.sink_confluent import check_producer_settings
+    else:
+        from logship.sink_kafka_python import check_producer_settings
+    check_producer_settings(config)

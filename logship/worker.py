@@ -20,7 +20,7 @@ from logship.config import FilesConfig
 from logship.errors import SinkError
 from logship.fswatch import DirWatcher, Subscription
 from logship.metrics import Metrics
-from logship.sink import Future, Sent, Sink, is_too_large
+from logship.sink import Sent, Sink
 from logship.spec import Target
 from logship.supervisor import Backoff, Service
 from logship.tailer import Chunk, FollowedFile, Tailer, TailSettings
@@ -36,8 +36,8 @@ RESEND_TIMEOUT = 30.0
 
 @dataclass
 class InFlight:
-    """One sent batch: it is acknowledged when all of its futures are done. Its lines
-    stay referenced for the rare resend of records the broker refused."""
+    """One sent batch, acknowledged when its delivery is done. Its lines stay
+    referenced for the rare resend of records the broker refused."""
 
     file: FollowedFile
     end_offset: int
@@ -49,15 +49,9 @@ class InFlight:
     def __post_init__(self) -> None:
         self.nbytes = sum(map(len, self.lines))
 
-    @property
-    def futures(self) -> list[Future]:
-        return self.sent.futures
-
     def done(self) -> bool:
-        """Cheap while waiting: the last record is checked first, the scan runs once."""
-        if not self.futures:
-            return True
-        return self.futures[-1].is_done and all(f.is_done for f in self.futures)
+        delivery = self.sent.delivery
+        return delivery is None or delivery.done()
 
 
 class Worker(Service):
@@ -163,7 +157,7 @@ class Worker(Service):
         chunk, start = self._queued, self._queued_at
         stop = min(start + SEND_BATCH, len(chunk.lines))
         sent = self._sink.send(self.target.topic, self._key, chunk.lines[start:stop],
-                               chunk.offsets[start:stop])
+                               chunk.offsets[start:stop], self._wake.set)
         stop = start + sent.count
         end_offset = chunk.offsets[stop] if stop < len(chunk.lines) else chunk.end_offset
         self._queued_at = stop
@@ -182,10 +176,8 @@ class Worker(Service):
             self._too_large.inc(len(sent.skipped))
             log.error("%s: %d line(s) larger than kafka.max_request_size skipped", self.target,
                       len(sent.skipped))
-        if sent.futures:
-            sent.futures[-1].add_both(self._on_done)
         self._pending.append(batch)
-        self._pending_lines += len(sent.futures)
+        self._pending_lines += sent.handed_over
         self._pending_bytes += nbytes
         self._sink.budget.take(nbytes)
 
@@ -201,16 +193,12 @@ class Worker(Service):
             log.warning("%s: %s; holding lines and retrying", self.target, unavailable)
         self.stopping.wait(self._outage.next_delay(0.0))
 
-    def _on_done(self, _result: object) -> None:
-        """Runs on Kafka's sender thread: only wake the worker."""
-        self._wake.set()
-
     def _collect(self) -> None:
         """Pop acknowledged batches in send order and publish the offsets they reach."""
         touched: set[FollowedFile] = set()
         while self._pending and self._pending[0].done():
             batch = self._pending.popleft()
-            self._pending_lines -= len(batch.futures)
+            self._pending_lines -= batch.sent.handed_over
             self._pending_bytes -= batch.nbytes
             self._sink.budget.give(batch.nbytes)
             self._account(batch)
@@ -220,27 +208,23 @@ class Worker(Service):
             self._publish(touched)
 
     def _account(self, batch: InFlight) -> None:
-        failed = [i for i, f in enumerate(batch.futures) if f.exception is not None]
-        errors = [batch.futures[i].exception for i in failed]
-        if not all(map(is_too_large, errors)):
-            self._errors.inc(len(failed))
-            error = next(e for e in errors if not is_too_large(e))
-            raise SinkError(f"{self.target}: Kafka did not acknowledge {len(failed)} line(s): "
-                            f"{error}; resending from offset {batch.file.acked_offset}")
-        delivered = len(batch.futures) - len(failed)
-        if failed:
-            delivered += self._resend_refused(batch, failed)
+        failures = batch.sent.delivery.failures() if batch.sent.delivery else []
+        other = [error for _, error in failures if not self._sink.is_too_large(error)]
+        if other:
+            self._errors.inc(len(failures))
+            raise SinkError(f"{self.target}: Kafka did not acknowledge {len(failures)} line(s): "
+                            f"{other[0]}; resending from offset {batch.file.acked_offset}")
+        delivered = batch.sent.handed_over - len(failures)
+        if failures:
+            delivered += self._resend_refused(batch, [index for index, _ in failures])
         self._sent.inc(delivered)
         self._sent_bytes.inc(batch.nbytes)
 
-    def _resend_refused(self, batch: InFlight, failed: list[int]) -> int:
-        """The broker refused records as too large. With idempotence that fails every
-        record behind the culprit too, so all of them are resent alone: only the one
-        that is really too large is skipped."""
+    def _resend_refused(self, batch: InFlight, indices: list[int]) -> int:
+        """The broker refused records as too large. A client may fail the records
+        around the culprit too (kafka-python with idempotence fails every one behind
+        it), so all of them are resent alone: only the one really too large is skipped."""
         self._sink.recover(batch.sent.generation)
-        skipped = set(batch.sent.skipped)
-        line_of_future = [i for i in range(len(batch.lines)) if i not in skipped]
-        indices = [line_of_future[i] for i in failed]
         resent = self._sink.resend_alone(self.target.topic, self._key,
                                          [batch.lines[i] for i in indices],
                                          [batch.offsets[i] for i in indices], RESEND_TIMEOUT)

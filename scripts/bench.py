@@ -4,7 +4,7 @@ Starts its own etcd and Kafka on free loopback ports (tests/harness.py), writes 
 lines of SIZE bytes, and reports lines/s for
   - producer: a bare loop of KafkaProducer.send() with the same key and headers, then flush;
   - logship:  the real `logship run` shipping the file from its beginning, timed from
-              start until logship_lines_sent_total reaches LINES.
+              start until logship_lines_sent_total reaches LINES, once per Kafka client.
 Usage: .venv/bin/python scripts/bench.py [LINES] [SIZE]
 """
 
@@ -47,9 +47,14 @@ def bench_producer(kafka: Kafka, path: Path, topic: str) -> float:
     return len(lines) / elapsed
 
 
-def bench_logship(etcd: Etcd, kafka: Kafka, workdir: Path, path: Path, topic: str, lines: int) -> float:
-    etcd.put("bench", [{"path": str(path), "topic": topic, "read_from": "beginning"}])
-    agent = Agent(workdir, etcd, kafka, ["bench"])
+CLIENTS = ("kafka-python", "confluent-kafka")
+
+
+def bench_logship(etcd: Etcd, kafka: Kafka, workdir: Path, path: Path, client: str,
+                  lines: int) -> float:
+    topic = f"bench-{client}"
+    etcd.put(topic, [{"path": str(path), "topic": topic, "read_from": "beginning"}])
+    agent = Agent(workdir, etcd, kafka, [topic], client, allowed_paths=[f"{path.parent}/**"])
     started = time.perf_counter()
     agent.start()
     try:
@@ -79,18 +84,23 @@ def main() -> None:
         etcd.start()
         kafka.start()
         try:
-            workdir = tmp / "agent"
-            workdir.mkdir()
-            path = workdir / "bench.log"
+            path = tmp / "bench.log"
             make_file(path, lines, size)
             producer = bench_producer(kafka, path, "bench-producer")
-            shipped = bench_logship(etcd, kafka, workdir, path, "bench-logship", lines)
+            shipped = {}
+            for client in CLIENTS:
+                workdir = tmp / client       # a state_dir of its own: starts from offset 0
+                workdir.mkdir()
+                shipped[client] = bench_logship(etcd, kafka, workdir, path, client, lines)
         finally:
             kafka.stop()
             etcd.stop()
-    print(f"{lines} lines of {size} bytes")
-    print(f"bare producer loop: {producer:10.0f} lines/s")
-    print(f"logship:            {shipped:10.0f} lines/s ({shipped / producer:.0%} of the bare loop)")
+    print(f"{lines} lines of {size} bytes, one local broker, one run\n")
+    print("| shipper | lines/s | ratio to the bare kafka-python loop |")
+    print("|---|---|---|")
+    print(f"| bare kafka-python producer loop | {producer:.0f} | 1.00 |")
+    for client, rate in shipped.items():
+        print(f"| logship ({client}) | {rate:.0f} | {rate / producer:.2f} |")
 
 
 if __name__ == "__main__":

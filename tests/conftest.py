@@ -23,12 +23,21 @@ def kafka(tmp_path_factory):
     service.stop()
 
 
+CLIENTS = ["kafka-python", "confluent-kafka"]
+
+
 @pytest.fixture
-def make_agent(tmp_path):
+def client():
+    """The Kafka client under test; delivery tests parametrize it with both CLIENTS."""
+    return "kafka-python"
+
+
+@pytest.fixture
+def make_agent(tmp_path, client):
     agents: list[Agent] = []
 
     def make(etcd_service, kafka_service, keys, **sections) -> Agent:
-        agent = Agent(tmp_path, etcd_service, kafka_service, keys, **sections)
+        agent = Agent(tmp_path, etcd_service, kafka_service, keys, client, **sections)
         agents.append(agent)
         return agent
     yield make

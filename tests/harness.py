@@ -213,7 +213,7 @@ class Agent:
     """The real `logship run` process with a config written for the test."""
 
     def __init__(self, workdir: Path, etcd_service: Etcd | list[str], kafka_service: Kafka | str,
-                 keys: list[str], **sections) -> None:
+                 keys: list[str], client: str = "kafka-python", **sections) -> None:
         self.workdir = workdir
         self.config_path = workdir / "config.yaml"
         self.log_path = workdir / "agent.log"
@@ -229,6 +229,7 @@ class Agent:
             "metrics": {"listen": f"127.0.0.1:{free_port_pair()}"},
         }
         self.config.update(sections)
+        self.config["kafka"].setdefault("client", client)
         self.write_config()
 
     def write_config(self, config: dict | None = None) -> None:

@@ -19,6 +19,7 @@ import time
 import pytest
 import yaml
 
+from conftest import CLIENTS
 from harness import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -121,6 +122,7 @@ def test_a_latin1_byte_in_config_yaml_is_refused_on_reload(
     assert b"etcd" not in result.stderr and b"Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_lines_beside_records_too_large_for_the_broker_arrive(
         etcd, kafka, make_agent, reader, key, topic, tmp_path):
     kafka.create_topic(topic, **{"max.message.bytes": str(256 * 1024)})

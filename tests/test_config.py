@@ -6,6 +6,7 @@ import pytest
 
 from logship.config import DEFAULT_ALLOWED_PATHS, load_config, parse_config
 from logship.errors import ConfigError
+from logship.sink import check_settings
 from logship.spec import Target
 
 BASE = {"etcd": {"endpoints": ["127.0.0.1:2379"], "keys": ["k"]},
@@ -33,8 +34,6 @@ def test_minimal_config_gets_defaults():
     (with_(etcd={"endpoints": ["127.0.0.1:2379"], "keys": [""]}), "etcd.keys[0]: must be a non-empty string"),
     (with_(etcd={"endpoints": ["127.0.0.1:2379"], "keys": ["k"], "timeout": -1}), "etcd.timeout"),
     (with_(kafka={"bootstrap_servers": []}), "kafka.bootstrap_servers: must be a non-empty list"),
-    (with_(kafka={"bootstrap_servers": ["x:1"], "producer": {"linger": 5}}),
-     "kafka.producer.linger: not a kafka-python producer setting"),
     (with_(kafka={"bootstrap_servers": ["x:1"], "api_version": "two"}), "kafka.api_version"),
     (with_(files={"max_line_bytes": "big"}), "files.max_line_bytes: must be an integer"),
     (with_(logs=[{"path": "/var/log/a", "topic": "t", "x": 1}]), "logs[0]: unknown field 'x'"),
@@ -67,3 +66,24 @@ def test_unreadable_and_empty_files(tmp_path):
     empty.write_text("")
     with pytest.raises(ConfigError, match="etcd.endpoints: required"):
         load_config(empty)
+
+
+@pytest.mark.parametrize("client, producer, message", [
+    ("kafka-python", {"linger": 5}, "kafka.producer.linger: not a kafka-python producer setting"),
+    ("kafka-python", {"acks": 1}, "kafka.producer.acks: managed by logship"),
+    ("kafka-python", {"compression_type": "gzip"}, "set kafka.compression"),
+    ("confluent-kafka", {"bogus.setting": 1}, "kafka.producer: No such configuration property"),
+    ("confluent-kafka", {"linger.ms": "soon"}, "kafka.producer: Invalid value"),
+    ("confluent-kafka", {"enable.idempotence": False}, "managed by logship"),
+])
+def test_producer_settings_are_judged_by_the_chosen_client(client, producer, message):
+    config = parse_config(with_(kafka={"bootstrap_servers": ["x:1"], "client": client,
+                                       "producer": producer}), Path("/"))
+    with pytest.raises(ConfigError, match=message):
+        check_settings(config.kafka)
+
+
+def test_client_and_compression_are_checked():
+    for field, value in (("client", "librdkafka"), ("compression", "brotli")):
+        with pytest.raises(ConfigError, match=f"kafka.{field}: must be one of"):
+            parse_config(with_(kafka={"bootstrap_servers": ["x:1"], field: value}), Path("/"))

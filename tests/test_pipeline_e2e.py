@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from conftest import CLIENTS
 from harness import header, unique, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -16,6 +17,7 @@ def entry(path, topic, **extra):
     return {"path": str(path), "topic": topic, **extra}
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_records_carry_line_key_and_headers(etcd, kafka, make_agent, reader, key, topic, tmp_path):
     log = tmp_path / "app.log"
     log.write_bytes(b"existing\n")
@@ -166,6 +168,7 @@ def test_static_entries_metrics_and_healthz(etcd, kafka, make_agent, reader, key
     assert agent.scrape("/healthz") == "ok\n"
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_sigterm_exits_zero_and_saves_offsets(etcd, kafka, make_agent, reader, key, topic, tmp_path):
     log = tmp_path / "term.log"
     log.write_bytes(b"".join(b"line %d\n" % i for i in range(1000)))
@@ -177,6 +180,7 @@ def test_sigterm_exits_zero_and_saves_offsets(etcd, kafka, make_agent, reader, k
     assert "agent stopped" in agent.log()
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_a_record_too_large_for_kafka_is_skipped_explicitly(
         etcd, kafka, make_agent, reader, key, topic, tmp_path):
     log = tmp_path / "huge.log"

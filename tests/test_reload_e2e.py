@@ -103,7 +103,8 @@ def test_changed_kafka_and_etcd_settings_rebuild_the_clients(
     topic_reader = reader(topic)
     topic_reader.wait_count(1)
     config = copy.deepcopy(agent.config)
-    config["kafka"]["producer"] = {"linger_ms": 20, "compression_type": "gzip"}
+    config["kafka"]["producer"] = {"linger_ms": 20}
+    config["kafka"]["compression"] = "gzip"
     config["etcd"]["endpoints"] = ["127.0.0.1:1", etcd.address]
     agent.write_config(config)
     agent.wait_log("kafka settings changed: producer rebuilt")

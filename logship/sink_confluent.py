@@ -1,0 +1,239 @@
+"""The only importer of confluent_kafka: the fast path, librdkafka (`logship[fast]`).
+
+Delivery reports run inside poll(), on the thread that calls it. One poller thread,
+owned by the sink, is the only caller of poll(), so each batch's counters have a
+single writer. Every record carries its batch's bound method as its delivery callback:
+per batch and not per record would be cheaper, but it is not safe. librdkafka can
+fail a whole message set (a broker that refuses a message as too large) and then
+deliver later ones of the same partition without a fatal error, so a batch's last
+record being acknowledged does not prove the ones before it were.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from logship.errors import ConfigError, SinkError
+from logship.sink import Resent, Sent, Sink, Wake, headers, line_failures
+from logship.supervisor import Service
+
+if TYPE_CHECKING:
+    from logship.config import KafkaConfig
+
+log = logging.getLogger(__name__)
+
+MANAGED = {
+    "bootstrap.servers": "kafka.bootstrap_servers",
+    "compression.type": "kafka.compression",
+    "compression.codec": "kafka.compression",
+    "message.max.bytes": "kafka.max_request_size",
+    "queue.buffering.max.kbytes": "kafka.buffer_bytes",
+    "acks": "nothing: logship always uses acks=all",
+    "request.required.acks": "nothing: logship always uses acks=all",
+    "enable.idempotence": "nothing: logship always uses idempotence",
+    "on_delivery": "nothing: logship tracks deliveries itself",
+    "error_cb": "nothing: logship reports errors itself",
+}
+DEFAULTS = {"linger.ms": 5, "batch.size": 1024 * 1024}
+UNAVAILABLE = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE,
+               KafkaError._TIMED_OUT}
+POLL_TIMEOUT = 0.5
+
+
+def _settings(config: KafkaConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **DEFAULTS, **dict(config.producer),
+        "bootstrap.servers": ",".join(config.bootstrap_servers),
+        "acks": "all",
+        "enable.idempotence": True,
+        "compression.type": config.compression,
+        "message.max.bytes": config.max_request_size,
+        # our own budget (kafka.buffer_bytes) bounds what is queued, well before these
+        "queue.buffering.max.kbytes": max(1, 2 * config.buffer_bytes // 1024),
+        "queue.buffering.max.messages": 10_000_000,
+        "logger": log,
+        **overrides,
+    }
+
+
+def check_producer_settings(config: KafkaConfig) -> None:
+    """librdkafka judges its own properties: build a producer (it connects in the
+    background, so this needs no broker) and drop it."""
+    for name in dict(config.producer):
+        if name in MANAGED:
+            raise ConfigError(f"kafka.producer.{name}: managed by logship; set {MANAGED[name]}")
+    try:
+        Producer(_settings(config, {"bootstrap.servers": "", "log_level": 0}))
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise ConfigError(f"kafka.producer: {_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    return error.str() if error is not None else str(exc)
+
+
+class BatchDelivery:
+    """Counters of one batch, written only by the poller thread.
+
+    A failed message no longer has its headers, so a failure is known by its place in
+    the batch: the reports of one partition come in produce order, and every record of
+    a batch has the same key, so the same partition."""
+
+    __slots__ = ("total", "acked", "errors", "skipped", "wake", "on_success")
+
+    def __init__(self, skipped: list[int], wake: Wake, on_success: Wake) -> None:
+        self.total = -1
+        self.acked = 0
+        self.errors: list[tuple[int, BaseException]] = []
+        self.skipped = skipped
+        self.wake = wake
+        self.on_success = on_success
+
+    def __call__(self, error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            self.errors.append((self.acked, KafkaException(error)))
+        self.acked += 1
+        if self.acked == self.total:
+            if not self.errors:
+                self.on_success()
+            self.wake()
+
+    def done(self) -> bool:
+        return self.acked == self.total
+
+    def failures(self) -> list[tuple[int, BaseException]]:
+        return line_failures(self.errors, self.skipped)
+
+
+class _Poller(Service):
+    """Serves the producer's delivery reports and error callbacks."""
+
+    def __init__(self, sink: ConfluentSink) -> None:
+        super().__init__(name="kafka-poller")
+        self._sink = sink
+
+    def serve(self) -> None:
+        """Acknowledgements stop with this thread, so a failing callback is a bug to
+        log, never a reason to stop polling."""
+        while not self.stopping.is_set():
+            try:
+                self._sink.producer.poll(POLL_TIMEOUT)
+            except Exception:
+                log.exception("Kafka delivery callback failed")
+
+
+class ConfluentSink(Sink):
+    def __init__(self, config: KafkaConfig, host: bytes) -> None:
+        super().__init__(config, host)
+        self._down_since: float | None = None
+        self._lock = threading.Lock()
+        self._isolation: Producer | None = None
+        self.producer = self._new_producer({"error_cb": self._on_error})
+        self._poller = _Poller(self)
+        self._poller.start()
+
+    def _new_producer(self, overrides: dict[str, Any]) -> Producer:
+        try:
+            return Producer(_settings(self.config, overrides))
+        except (KafkaException, ValueError, TypeError) as exc:
+            raise ConfigError(f"kafka: cannot create the producer: {_describe(exc)}") from None
+
+    def _on_error(self, error: KafkaError) -> None:
+        """On the poller thread: a broker outage is a held state, said once."""
+        if error.code() in UNAVAILABLE:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                log.warning("Kafka unavailable (%s): %s; holding lines",
+                            ",".join(self.config.bootstrap_servers), error.str())
+        elif error.fatal():
+            log.error("Kafka producer fatal error: %s", error.str())
+        else:
+            log.warning("Kafka: %s", error.str())
+
+    def _delivered(self) -> None:
+        """On the poller thread, once per batch acknowledged whole."""
+        if self._down_since is not None:
+            log.info("Kafka available again after %.0fs", time.monotonic() - self._down_since)
+            self._down_since = None
+
+    def is_too_large(self, error: BaseException) -> bool:
+        code = error.args[0].code() if isinstance(error, KafkaException) and error.args else None
+        return code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD)
+
+    def send(self, topic: str, key: bytes, lines: Sequence[bytes], offsets: Sequence[int],
+             wake: Wake) -> Sent:
+        sent = Sent(0)
+        batch = BatchDelivery(sent.skipped, wake, self._delivered)
+        produce = self.producer.produce
+        path_header = ("path", key)
+        host_header = ("host", self.host)
+        try:
+            for line, offset in zip(lines, offsets):
+                try:
+                    produce(topic, line, key, on_delivery=batch, headers=[
+                        path_header, host_header, ("offset", b"%d" % offset)])
+                except KafkaException as exc:
+                    if not self.is_too_large(exc):
+                        raise
+                    sent.skipped.append(sent.count)
+                sent.count += 1
+        except BufferError:
+            sent.unavailable = "librdkafka's queue is full"
+        except KafkaException as exc:
+            raise SinkError(f"topic={topic}: send failed: {_describe(exc)}") from None
+        if sent.handed_over:
+            batch.total = sent.handed_over
+            sent.delivery = batch
+        return sent
+
+    def recover(self, generation: int) -> None:
+        """librdkafka fails the refused message set alone and keeps going."""
+
+    def resend_alone(self, topic: str, key: bytes, lines: Sequence[bytes],
+                     offsets: Sequence[int], timeout: float) -> Resent:
+        """One message per message set and one request in flight, without idempotence,
+        through a producer that the poller never polls: each report arrives in the flush()
+        of the thread that waits for it, and only a record too large by itself fails."""
+        with self._lock:
+            if self._isolation is None:
+                self._isolation = self._new_producer({
+                    "enable.idempotence": False, "linger.ms": 0, "batch.num.messages": 1,
+                    "max.in.flight.requests.per.connection": 1})
+            producer = self._isolation
+        resent = Resent()
+        for line, offset in zip(lines, offsets):
+            error = self._send_alone(producer, topic, key, line, offset, timeout)
+            if error is None:
+                resent.delivered += 1
+            elif self.is_too_large(KafkaException(error)):
+                resent.too_large += 1
+            else:
+                raise SinkError(f"topic={topic}: resend failed: {error.str()}")
+        return resent
+
+    def _send_alone(self, producer: Producer, topic: str, key: bytes, line: bytes, offset: int,
+                    timeout: float) -> KafkaError | None:
+        reports: list[KafkaError | None] = []
+        try:
+            producer.produce(topic, line, key, headers=headers(key, self.host, offset),
+                             on_delivery=lambda error, _message: reports.append(error))
+        except KafkaException as exc:
+            return exc.args[0]
+        producer.flush(timeout)
+        return reports[0] if reports else KafkaError(KafkaError._TIMED_OUT)
+
+    def close(self, timeout: float) -> None:
+        """The poller stops first, so that flush() is then the only caller of poll()."""
+        self._poller.stop()
+        self._poller.join(POLL_TIMEOUT * 2)
+        remaining = self.producer.flush(timeout)
+        if self._isolation is not None:
+            self._isolation.flush(0)
+        if remaining:
+            log.warning("Kafka did not acknowledge %d record(s) within %.0fs", remaining, timeout)

@@ -1,0 +1,169 @@
+"""The only importer of kafka: the default client, kafka-python.
+
+send() returns a future per record; a batch is settled when its last future is done
+(checked first, the scan of all runs once). kafka-python's callbacks run on its sender
+thread and swallow exceptions, so the only one we add just wakes the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any, Sequence
+
+from kafka import KafkaProducer
+from kafka.errors import (KafkaError, KafkaTimeoutError, MessageSizeTooLargeError,
+                          RecordListTooLargeError)
+from kafka.producer.future import FutureRecordMetadata
+
+from logship.errors import ConfigError, SinkError
+from logship.sink import Resent, Sent, Sink, Wake, line_failures
+
+if TYPE_CHECKING:
+    from logship.config import KafkaConfig
+
+log = logging.getLogger(__name__)
+
+MANAGED = {
+    "bootstrap_servers": "kafka.bootstrap_servers",
+    "api_version": "kafka.api_version",
+    "max_block_ms": "kafka.max_block_ms",
+    "max_request_size": "kafka.max_request_size",
+    "compression_type": "kafka.compression",
+    "acks": "nothing: logship always uses acks=all",
+    "enable_idempotence": "nothing: logship always uses idempotence",
+    "key_serializer": "nothing: keys are the file paths",
+    "value_serializer": "nothing: values are the lines",
+}
+DEFAULTS = {"linger_ms": 5, "batch_size": 256 * 1024}
+
+
+def check_producer_settings(config: KafkaConfig) -> None:
+    """Refuse settings kafka-python does not know, and those logship manages itself."""
+    for name in dict(config.producer):
+        where = f"kafka.producer.{name}"
+        if name in MANAGED:
+            raise ConfigError(f"{where}: managed by logship; set {MANAGED[name]}")
+        if name not in KafkaProducer.DEFAULT_CONFIG:
+            raise ConfigError(f"{where}: not a kafka-python producer setting")
+
+
+class FutureDelivery:
+    """A batch's futures, in send order, beside the lines skipped at send time."""
+
+    def __init__(self, futures: list[FutureRecordMetadata], skipped: list[int]) -> None:
+        self.futures = futures
+        self.skipped = skipped
+
+    def done(self) -> bool:
+        return self.futures[-1].is_done and all(f.is_done for f in self.futures)
+
+    def failures(self) -> list[tuple[int, BaseException]]:
+        return line_failures([(i, f.exception) for i, f in enumerate(self.futures)
+                              if f.exception is not None], self.skipped)
+
+
+class KafkaPythonSink(Sink):
+    def __init__(self, config: KafkaConfig, host: bytes) -> None:
+        super().__init__(config, host)
+        self._lock = threading.Lock()
+        self._producer = self._new_producer()
+        self._generation = 0
+        self._isolation: KafkaProducer | None = None
+
+    def _new_producer(self, **overrides: Any) -> KafkaProducer:
+        config = self.config
+        compression = None if config.compression == "none" else config.compression
+        settings = {**DEFAULTS, **dict(config.producer), **overrides}
+        try:
+            return KafkaProducer(
+                bootstrap_servers=list(config.bootstrap_servers),
+                api_version=tuple(int(p) for p in config.api_version.split(".")),
+                acks="all",
+                max_block_ms=config.max_block_ms,
+                max_request_size=config.max_request_size,
+                compression_type=compression,
+                **settings,
+            )
+        except (KafkaError, ValueError, TypeError, AssertionError) as exc:
+            raise ConfigError(f"kafka: cannot create the producer: {exc}") from None
+
+    def is_too_large(self, error: BaseException) -> bool:
+        return isinstance(error, (MessageSizeTooLargeError, RecordListTooLargeError))
+
+    def send(self, topic: str, key: bytes, lines: Sequence[bytes], offsets: Sequence[int],
+             wake: Wake) -> Sent:
+        sent = Sent(self._generation)
+        futures = self._produce(self._producer, sent, topic, key, lines, offsets)
+        if futures:
+            futures[-1].add_both(lambda _: wake())
+            sent.delivery = FutureDelivery(futures, sent.skipped)
+        return sent
+
+    def _produce(self, producer: KafkaProducer, sent: Sent, topic: str, key: bytes,
+                 lines: Sequence[bytes], offsets: Sequence[int]) -> list[FutureRecordMetadata]:
+        futures: list[FutureRecordMetadata] = []
+        send = producer.send
+        path_header = ("path", key)
+        host_header = ("host", self.host)
+        try:
+            for line, offset in zip(lines, offsets):
+                try:
+                    futures.append(send(topic, value=line, key=key, headers=[
+                        path_header, host_header, ("offset", b"%d" % offset)]))
+                except MessageSizeTooLargeError:
+                    sent.skipped.append(sent.count)
+                sent.count += 1
+        except KafkaTimeoutError as exc:
+            sent.unavailable = f"Kafka unavailable: {exc}"
+        except KafkaError as exc:
+            raise SinkError(f"topic={topic}: send failed: {exc}") from None
+        return futures
+
+    def recover(self, generation: int) -> None:
+        """A record the broker refused as too large leaves an idempotent kafka-python
+        producer in a fatal state that fails every later record: replace it."""
+        with self._lock:
+            if generation != self._generation:
+                return
+            old, self._producer = self._producer, self._new_producer()
+            self._generation += 1
+        log.warning("Kafka refused a record as too large; producer rebuilt (broker limit "
+                    "below kafka.max_request_size?)")
+        old.close(timeout=0)
+
+    def resend_alone(self, topic: str, key: bytes, lines: Sequence[bytes],
+                     offsets: Sequence[int], timeout: float) -> Resent:
+        """Through a producer without idempotence and one request in flight: there
+        kafka-python splits a refused batch down to the record that is too large, and
+        only that record fails."""
+        with self._lock:
+            if self._isolation is None:
+                self._isolation = self._new_producer(
+                    enable_idempotence=False, max_in_flight_requests_per_connection=1,
+                    linger_ms=0)
+            producer = self._isolation
+        sent = Sent(self._generation)
+        futures = self._produce(producer, sent, topic, key, lines, offsets)
+        if sent.unavailable:
+            raise SinkError(f"topic={topic}: resend failed: {sent.unavailable}")
+        producer.flush(timeout=timeout)
+        resent = Resent(too_large=len(sent.skipped))
+        for future in futures:
+            error = future.exception if future.is_done else KafkaTimeoutError("not settled")
+            if error is None:
+                resent.delivered += 1
+            elif self.is_too_large(error):
+                resent.too_large += 1
+            else:
+                raise SinkError(f"topic={topic}: resend failed: {error}")
+        return resent
+
+    def close(self, timeout: float) -> None:
+        for producer in (self._producer, self._isolation):
+            if producer is None:
+                continue
+            try:
+                producer.close(timeout=timeout)
+            except KafkaError as exc:
+                log.warning("closing the Kafka producer: %s", exc)
