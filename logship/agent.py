@@ -66,6 +66,7 @@ class Agent:
         self._reload_requested_at: float | None = None
         self._reload_reason = ""
         self._heartbeat = time.monotonic()
+        self._swept = self._heartbeat
         self.managers: Supervisor[str, str] = Supervisor(
             "manager", self._new_manager, lambda key: self.metrics.manager_restarts.labels(key).inc())
         self.workers: Supervisor[tuple[str, str], Target] = Supervisor(
@@ -128,6 +129,9 @@ class Agent:
             self._reconcile_workers()
         self.managers.supervise(now)
         self.workers.supervise(now)
+        if now - self._swept >= self.config.files.safety_poll_interval:
+            self._swept = now
+            self.watcher.sweep()
 
     def _reconcile_workers(self) -> None:
         with self._lock:

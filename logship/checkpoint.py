@@ -13,7 +13,8 @@ import logging
 import os
 import stat
 import threading
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 FILE_NAME = "checkpoints.json"
 STATE_DIR_MODE = 0o700
 STATE_FILE_MODE = 0o600
+EXPIRE_INTERVAL = 60.0
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,12 @@ class FileCheckpoint:
     offset: int
 
     @property
-    def key(self) -> tuple[str, str, int, int]:
-        return (self.topic, self.path, self.dev, self.ino)
+    def target(self) -> tuple[str, str]:
+        return (self.topic, self.path)
+
+    @property
+    def identity(self) -> tuple[int, int]:
+        return (self.dev, self.ino)
 
 
 class CheckpointStore:
@@ -49,7 +55,9 @@ class CheckpointStore:
         self.file = state_dir / FILE_NAME
         self._lock = threading.Lock()
         self._save_lock = threading.Lock()
-        self._entries: dict[tuple[str, str, int, int], FileCheckpoint] = {}
+        # (topic, path) -> (dev, ino) -> checkpoint: a worker's start looks up its own
+        # files without scanning those of thousands of others.
+        self._entries: dict[tuple[str, str], dict[tuple[int, int], FileCheckpoint]] = {}
         self._started: set[tuple[str, str]] = set()
         self._version = 0
         self._saved_version = 0
@@ -69,7 +77,9 @@ class CheckpointStore:
             os.replace(self.file, aside)
             return
         with self._lock:
-            self._entries = {cp.key: cp for cp in entries}
+            self._entries = {}
+            for cp in entries:
+                self._entries.setdefault(cp.target, {})[cp.identity] = cp
         log.info("loaded %d checkpoints from %s", len(entries), self.file)
 
     def first_start(self, topic: str, path: str) -> bool:
@@ -81,26 +91,30 @@ class CheckpointStore:
 
     def for_target(self, topic: str, path: str) -> list[FileCheckpoint]:
         with self._lock:
-            return [cp for cp in self._entries.values() if cp.topic == topic and cp.path == path]
+            return list(self._entries.get((topic, path), {}).values())
 
     def update(self, checkpoint: FileCheckpoint) -> None:
         with self._lock:
-            if self._entries.get(checkpoint.key) != checkpoint:
-                self._entries[checkpoint.key] = checkpoint
+            files = self._entries.setdefault(checkpoint.target, {})
+            if files.get(checkpoint.identity) != checkpoint:
+                files[checkpoint.identity] = checkpoint
                 self._version += 1
 
     def remove(self, checkpoint: FileCheckpoint) -> None:
         with self._lock:
-            if self._entries.pop(checkpoint.key, None) is not None:
+            files = self._entries.get(checkpoint.target, {})
+            if files.pop(checkpoint.identity, None) is not None:
                 self._version += 1
+                if not files:
+                    del self._entries[checkpoint.target]
 
     def expire(self, configured: set[tuple[str, str]]) -> None:
         """Forget files that are gone and whose (topic, path) is no longer configured."""
         with self._lock:
-            stale = [key for key, cp in self._entries.items()
-                     if (cp.topic, cp.path) not in configured and not os.path.exists(cp.path)]
-            for key in stale:
-                del self._entries[key]
+            stale = [target for target in self._entries
+                     if target not in configured and not os.path.exists(target[1])]
+            for target in stale:
+                del self._entries[target]
             self._version += bool(stale)
 
     def save(self) -> None:
@@ -116,8 +130,11 @@ class CheckpointStore:
                 version = self._version
                 if version == self._saved_version:
                     return
-                data = {"version": 1, "files": [asdict(cp) for cp in self._entries.values()]}
-            _write_atomically(self.file, json.dumps(data, indent=1).encode())
+                data = {"version": 1, "files": [vars(cp) for files in self._entries.values()
+                                                for cp in files.values()]}
+                # json's C encoder (no indent): thousands of files are saved in milliseconds
+                text = json.dumps(data)
+            _write_atomically(self.file, text.encode())
             self._saved_version = version
 
 
@@ -164,11 +181,19 @@ class CheckpointWriter(Service):
         self._configured = configured
 
     def serve(self) -> None:
+        expired = time.monotonic()
         while not self.stopping.wait(self._interval):
-            self.flush()
+            if time.monotonic() - expired >= EXPIRE_INTERVAL:
+                expired = time.monotonic()
+                self.expire()
+            self._store.save()
 
     def flush(self) -> None:
+        self.expire()
+        self._store.save()
+
+    def expire(self) -> None:
+        """Rare on purpose: it looks at every target, and nothing waits for it."""
         configured = self._configured()
         if configured is not None:
             self._store.expire(configured)
-        self._store.save()

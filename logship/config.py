@@ -21,6 +21,8 @@ from logship.spec import Target, check_allowed, parse_entry, split_host_port
 DEFAULT_ALLOWED_PATHS = ("/var/log/**",)
 CLIENTS = ("kafka-python", "confluent-kafka")
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class EtcdConfig:
     cert_key: str | None = None
     cert_cert: str | None = None
     user: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,19 @@ class KafkaConfig:
     max_request_size: int = 1024 * 1024
     buffer_bytes: int = 64 * 1024 * 1024
     producer: tuple[tuple[str, Any], ...] = ()
+    security_protocol: str = "PLAINTEXT"
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
 class FilesConfig:
     poll_interval: float = 1.0
+    safety_poll_interval: float = 10.0
     read_chunk_bytes: int = 1024 * 1024
     max_line_bytes: int = 1_000_000
     max_in_flight_lines: int = 20000
@@ -218,8 +228,17 @@ def _refuse_https_without_tls(section: _Section) -> None:
                           f"{section.field('ca_cert')} (the CA that signed etcd's certificate)")
 
 
+def _readable_file(value: Any, name: str) -> str:
+    path = _str(value, name)
+    try:
+        with open(path, "rb"):
+            return path
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {shown(path)}: {exc.strerror}") from None
+
+
 def _kafka(section: _Section) -> KafkaConfig:
-    return KafkaConfig(
+    config = KafkaConfig(
         bootstrap_servers=section.get("bootstrap_servers", _list_of(_broker)),
         client=section.get("client", _one_of(CLIENTS), "kafka-python"),
         compression=section.get("compression", _one_of(COMPRESSIONS), "none"),
@@ -228,13 +247,48 @@ def _kafka(section: _Section) -> KafkaConfig:
         max_request_size=section.get("max_request_size", _int(1024), 1024 * 1024),
         buffer_bytes=section.get("buffer_bytes", _int(1024 * 1024), 64 * 1024 * 1024),
         producer=section.get("producer", _mapping, ()),
+        security_protocol=section.get("security_protocol", _one_of(SECURITY_PROTOCOLS),
+                                      "PLAINTEXT"),
+        ssl_cafile=section.get("ssl_cafile", _readable_file, None),
+        ssl_certfile=section.get("ssl_certfile", _readable_file, None),
+        ssl_keyfile=section.get("ssl_keyfile", _readable_file, None),
+        sasl_mechanism=section.get("sasl_mechanism", _one_of(SASL_MECHANISMS), None),
+        sasl_username=section.get("sasl_username", _str, None),
+        sasl_password=section.get("sasl_password", _secret, None),
     )
+    _check_kafka_security(config, section)
+    return config
+
+
+def _check_kafka_security(config: KafkaConfig, section: _Section) -> None:
+    """Settings that cannot work together are refused, naming the field to change."""
+    protocol = config.security_protocol
+    ssl = {"ssl_cafile": config.ssl_cafile, "ssl_certfile": config.ssl_certfile,
+           "ssl_keyfile": config.ssl_keyfile}
+    sasl = {"sasl_mechanism": config.sasl_mechanism, "sasl_username": config.sasl_username,
+            "sasl_password": config.sasl_password}
+    for name, value in ssl.items():
+        if value is not None and protocol not in ("SSL", "SASL_SSL"):
+            raise ConfigError(f"{section.field(name)}: needs {section.field('security_protocol')} "
+                              f"SSL or SASL_SSL, got {protocol}")
+    if (config.ssl_certfile is None) != (config.ssl_keyfile is None):
+        raise ConfigError(f"{section.field('ssl_certfile')} and {section.field('ssl_keyfile')}: "
+                          f"a client certificate needs both")
+    for name, value in sasl.items():
+        if protocol.startswith("SASL_") and value is None:
+            raise ConfigError(f"{section.field(name)}: required with "
+                              f"{section.field('security_protocol')} {protocol}")
+        if not protocol.startswith("SASL_") and value is not None:
+            raise ConfigError(f"{section.field(name)}: needs {section.field('security_protocol')} "
+                              f"SASL_PLAINTEXT or SASL_SSL, got {protocol}")
 
 
 def _files(section: _Section) -> FilesConfig:
     defaults = FilesConfig()
     return FilesConfig(
         poll_interval=section.get("poll_interval", _number(0.05), defaults.poll_interval),
+        safety_poll_interval=section.get("safety_poll_interval", _number(0.05),
+                                         defaults.safety_poll_interval),
         read_chunk_bytes=section.get("read_chunk_bytes", _int(4096), defaults.read_chunk_bytes),
         max_line_bytes=section.get("max_line_bytes", _int(1024), defaults.max_line_bytes),
         max_in_flight_lines=section.get("max_in_flight_lines", _int(1), defaults.max_in_flight_lines),

@@ -2,8 +2,9 @@
 
 Files are followed by name, so we watch their directory (a watch on the file itself
 would stay on the old inode after a rotation). Events are only a hint to read now:
-they coalesce and can be lost on queue overflow, so every follower keeps a slow
-safety poll, and a directory that does not exist yet is watched once it appears.
+they coalesce and can be lost on queue overflow, so the agent sweeps the idle files now
+and then (a stat each) and wakes those that changed; a directory that does not exist
+yet is watched once it appears.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from watchdog.events import (EVENT_TYPE_CLOSED_NO_WRITE, EVENT_TYPE_OPENED, FileSystemEvent,
+from watchdog.events import (DirDeletedEvent, FileCreatedEvent, FileDeletedEvent,
+                             FileModifiedEvent, FileMovedEvent, FileSystemEvent,
                              FileSystemEventHandler)
 from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
@@ -22,8 +24,14 @@ from watchdog.observers.api import ObservedWatch
 log = logging.getLogger(__name__)
 
 Wake = Callable[[], None]
-# Reading a file (ours included) is no change: reacting would loop on our own reads.
-_READ_ONLY = {EVENT_TYPE_OPENED, EVENT_TYPE_CLOSED_NO_WRITE}
+# What changes a followed name: writes, truncation, creation, deletion, renames. Opens and
+# closes are left out in the kernel (reacting to them would loop on our own reads), and so
+# is every other event a busy log directory would make the watchdog thread decode.
+_EVENTS = [FileModifiedEvent, FileCreatedEvent, FileDeletedEvent, FileMovedEvent, DirDeletedEvent]
+
+
+FileState = tuple[int, int, int]     # (st_dev, st_ino, st_size)
+MISSING: FileState = (0, 0, -1)
 
 
 @dataclass(eq=False)
@@ -32,6 +40,13 @@ class Subscription:
     name: str
     wake: Wake
     watched: bool = False
+    # What the subscriber last saw of its file when it went idle; the sweep wakes it when
+    # the file under the name differs. None: not swept (it polls by itself, or is no file).
+    idle_state: FileState | None = None
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.directory, self.name)
 
 
 class _DirHandler(FileSystemEventHandler):
@@ -40,7 +55,8 @@ class _DirHandler(FileSystemEventHandler):
         self._directory = directory
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in _READ_ONLY:
+        if isinstance(event, DirDeletedEvent) and event.src_path == self._directory:
+            self._watcher.lost(self._directory)
             return
         for path in (event.src_path, getattr(event, "dest_path", "")):
             if path:
@@ -55,6 +71,7 @@ class DirWatcher:
         # while it holds the observer's lock, which schedule() needs too.
         self._subs: dict[str, dict[str, frozenset[Subscription]]] = {}
         self._watches: dict[str, ObservedWatch] = {}
+        self._lost: set[str] = set()
 
     def start(self) -> None:
         self._observer.start()
@@ -76,15 +93,17 @@ class DirWatcher:
         if sub.watched:
             return
         with self._lock:
+            self._drop_lost()
             if sub.directory not in self._watches and os.path.isdir(sub.directory):
                 try:
                     handler = _DirHandler(self, sub.directory)
-                    self._watches[sub.directory] = self._observer.schedule(handler, sub.directory)
+                    self._watches[sub.directory] = self._observer.schedule(
+                        handler, sub.directory, event_filter=_EVENTS)
                 except OSError as exc:
                     log.warning("dir=%s cannot be watched (%s); relying on polling",
                                 sub.directory, exc)
                     return
-            sub.watched = sub.directory in self._watches
+            sub.watched = sub.directory in self._watches and sub.directory not in self._lost
 
     def unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
@@ -95,6 +114,32 @@ class DirWatcher:
             watch = self._watches.pop(sub.directory, None)
         if watch is not None:
             self._unschedule(watch)
+
+    def sweep(self) -> None:
+        """The safety net for events lost on inotify queue overflow: one stat per idle
+        file, on the caller's thread, and only the subscribers whose file changed are
+        woken (a wake of a thread costs far more than a stat)."""
+        for names in self._subs.values():
+            for subs in names.values():
+                for sub in subs:
+                    if sub.idle_state is not None and file_state(sub.path) != sub.idle_state:
+                        sub.wake()
+
+    def lost(self, directory: str) -> None:
+        """The watched directory itself was deleted, and its watch with it. Called on
+        watchdog's thread, which holds the observer's lock: only mark it, and wake its
+        subscribers so they poll until they have watched it again."""
+        self._lost.add(directory)
+        for subs in self._names(directory).values():
+            for sub in subs:
+                sub.watched = False
+                sub.wake()
+
+    def _drop_lost(self) -> None:
+        while self._lost:
+            watch = self._watches.pop(self._lost.pop(), None)
+            if watch is not None:
+                self._unschedule(watch)
 
     def _names(self, directory: str) -> dict[str, frozenset[Subscription]]:
         return self._subs.get(directory, {})
@@ -115,3 +160,11 @@ class DirWatcher:
     def notify(self, directory: str, name: str) -> None:
         for sub in self._names(directory).get(name, ()):
             sub.wake()
+
+
+def file_state(path: str) -> FileState:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return MISSING
+    return (st.st_dev, st.st_ino, st.st_size)

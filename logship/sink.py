@@ -119,6 +119,22 @@ def line_failures(failed: list[tuple[int, BaseException]],
     return [(line_of[i], error) for i, error in failed]
 
 
+SECURITY_FIELDS = ("security_protocol", "ssl_cafile", "ssl_certfile", "ssl_keyfile",
+                   "sasl_mechanism", "sasl_username", "sasl_password")
+
+
+def security_settings(config: KafkaConfig, names: dict[str, str]) -> dict[str, str]:
+    """kafka.security_protocol and its companions under the client's own names; a
+    field left unset is left out, so the client's default applies."""
+    return {names[field]: getattr(config, field) for field in SECURITY_FIELDS
+            if getattr(config, field) is not None}
+
+
+def managed_security(names: dict[str, str]) -> dict[str, str]:
+    """The client's own names for the security fields, refused in kafka.producer."""
+    return {name: f"kafka.{field}" for field, name in names.items()}
+
+
 def headers(key: bytes, host: bytes, offset: int) -> list[tuple[str, bytes]]:
     return [("path", key), ("host", host), ("offset", b"%d" % offset)]
 

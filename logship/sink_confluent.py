@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from logship.errors import ConfigError, SinkError
-from logship.sink import Resent, Sent, Sink, Wake, headers, line_failures
+from logship.sink import (Resent, Sent, Sink, Wake, headers, line_failures, managed_security,
+                          security_settings)
 from logship.supervisor import Service
 
 if TYPE_CHECKING:
@@ -27,7 +28,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SECURITY = {
+    "security_protocol": "security.protocol",
+    "ssl_cafile": "ssl.ca.location",
+    "ssl_certfile": "ssl.certificate.location",
+    "ssl_keyfile": "ssl.key.location",
+    "sasl_mechanism": "sasl.mechanisms",
+    "sasl_username": "sasl.username",
+    "sasl_password": "sasl.password",
+}
 MANAGED = {
+    **managed_security(SECURITY),
+    "sasl.mechanism": "kafka.sasl_mechanism",
     "bootstrap.servers": "kafka.bootstrap_servers",
     "compression.type": "kafka.compression",
     "compression.codec": "kafka.compression",
@@ -47,7 +59,7 @@ POLL_TIMEOUT = 0.5
 
 def _settings(config: KafkaConfig, overrides: dict[str, Any]) -> dict[str, Any]:
     return {
-        **DEFAULTS, **dict(config.producer),
+        **DEFAULTS, **dict(config.producer), **security_settings(config, SECURITY),
         "bootstrap.servers": ",".join(config.bootstrap_servers),
         "acks": "all",
         "enable.idempotence": True,

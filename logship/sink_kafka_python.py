@@ -17,14 +17,25 @@ from kafka.errors import (KafkaError, KafkaTimeoutError, MessageSizeTooLargeErro
 from kafka.producer.future import FutureRecordMetadata
 
 from logship.errors import ConfigError, SinkError
-from logship.sink import Resent, Sent, Sink, Wake, line_failures
+from logship.sink import (Resent, Sent, Sink, Wake, line_failures, managed_security,
+                          security_settings)
 
 if TYPE_CHECKING:
     from logship.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 
+SECURITY = {
+    "security_protocol": "security_protocol",
+    "ssl_cafile": "ssl_cafile",
+    "ssl_certfile": "ssl_certfile",
+    "ssl_keyfile": "ssl_keyfile",
+    "sasl_mechanism": "sasl_mechanism",
+    "sasl_username": "sasl_plain_username",
+    "sasl_password": "sasl_plain_password",
+}
 MANAGED = {
+    **managed_security(SECURITY),
     "bootstrap_servers": "kafka.bootstrap_servers",
     "api_version": "kafka.api_version",
     "max_block_ms": "kafka.max_block_ms",
@@ -74,7 +85,8 @@ class KafkaPythonSink(Sink):
     def _new_producer(self, **overrides: Any) -> KafkaProducer:
         config = self.config
         compression = None if config.compression == "none" else config.compression
-        settings = {**DEFAULTS, **dict(config.producer), **overrides}
+        settings = {**DEFAULTS, **dict(config.producer), **security_settings(config, SECURITY),
+                    **overrides}
         try:
             return KafkaProducer(
                 bootstrap_servers=list(config.bootstrap_servers),

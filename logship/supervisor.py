@@ -3,7 +3,8 @@
 Shaped after OTP's supervisor: a child removed on purpose is stopped and never
 restarted; a child that dies is restarted alone, after a backoff deadline that the
 owner's loop checks (no sleeping), and the delay grows with consecutive crashes and
-resets once the child has run stably.
+resets once the child has run stably. A dying thread reports its own exit, so the
+owner's loop looks only at children that ended, never at thousands of idle ones.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Hashable, Mapping, TypeVar
 
@@ -29,12 +31,15 @@ class Service(threading.Thread):
         super().__init__(name=name, daemon=True)
         self.stopping = threading.Event()
         self.failure: BaseException | None = None
+        self.on_exit: Callable[[], None] = lambda: None
 
     def run(self) -> None:
         try:
             self.serve()
         except BaseException as exc:  # recorded for the supervisor, which logs it
             self.failure = exc
+        finally:
+            self.on_exit()
 
     def serve(self) -> None:
         raise NotImplementedError
@@ -60,8 +65,9 @@ class Backoff:
         return delay
 
 
-@dataclass
-class _Child(Generic[S]):
+@dataclass(eq=False)
+class _Child(Generic[K, S]):
+    key: K
     spec: S
     service: Service | None = None
     started: float = 0.0
@@ -80,7 +86,10 @@ class Supervisor(Generic[K, S]):
         self._on_restart = on_restart
         self._backoff = backoff
         self._stop_timeout = stop_timeout
-        self._children: dict[K, _Child[S]] = {}
+        self._children: dict[K, _Child[K, S]] = {}
+        self._waiting: dict[K, _Child[K, S]] = {}
+        # Appended by the dying threads themselves (deque appends are thread-safe).
+        self._exited: deque[tuple[_Child[K, S], Service]] = deque()
 
     def __len__(self) -> int:
         return len(self._children)
@@ -91,49 +100,57 @@ class Supervisor(Generic[K, S]):
     def reconcile(self, desired: Mapping[K, S]) -> None:
         """Stop children no longer desired, start new ones; running ones are left alone."""
         removed = [key for key in self._children if key not in desired]
+        for key in removed:
+            self._waiting.pop(key, None)
         self._stop([self._children.pop(key) for key in removed])
         for key, spec in desired.items():
             if key not in self._children:
-                child = _Child(spec, backoff=self._backoff())
+                child = _Child(key, spec, backoff=self._backoff())
                 self._start(child)
                 self._children[key] = child
 
     def supervise(self, now: float | None = None) -> None:
-        """Notice crashed children and restart those whose backoff deadline has passed."""
+        """Notice children that ended and restart those whose backoff deadline has passed."""
         now = time.monotonic() if now is None else now
-        for child in self._children.values():
-            service = child.service
-            if service is not None and not service.is_alive():
+        while self._exited:
+            child, service = self._exited.popleft()
+            if child.service is service:          # not one stopped on purpose
                 self._crashed(child, service.failure, now)
-            elif service is None and now >= child.restart_at:
-                self._start(child)
+        for child in [c for c in self._waiting.values() if now >= c.restart_at]:
+            del self._waiting[child.key]
+            self._start(child)
 
     def restart_all(self) -> None:
         """Stop and start every child at once, e.g. after its shared client was rebuilt."""
         children = list(self._children.values())
         self._stop(children)
+        self._waiting.clear()
         for child in children:
             self._start(child)
 
     def stop_all(self) -> None:
         self._stop(list(self._children.values()))
         self._children.clear()
+        self._waiting.clear()
 
-    def _start(self, child: _Child[S]) -> None:
+    def _start(self, child: _Child[K, S]) -> None:
         """A child that cannot even be built counts as crashed: the supervisor's owner
         must survive any one child's bad spec."""
         child.started = time.monotonic()
         try:
-            child.service = self._factory(child.spec)
+            service = self._factory(child.spec)
         except Exception as exc:
             self._crashed(child, exc, child.started)
             return
-        child.service.start()
+        service.on_exit = lambda: self._exited.append((child, service))
+        child.service = service
+        service.start()
 
-    def _crashed(self, child: _Child[S], failure: BaseException | None, now: float) -> None:
+    def _crashed(self, child: _Child[K, S], failure: BaseException | None, now: float) -> None:
         delay = child.backoff.next_delay(now - child.started)
         child.service = None
         child.restart_at = now + delay
+        self._waiting[child.key] = child
         if failure is None:
             log.error("%s %s exited unexpectedly; restarting in %.1fs", self.kind, child.spec, delay)
         elif isinstance(failure, LogshipError):
@@ -143,7 +160,7 @@ class Supervisor(Generic[K, S]):
                       exc_info=failure)
         self._on_restart(child.spec)
 
-    def _stop(self, children: list[_Child[S]]) -> None:
+    def _stop(self, children: list[_Child[K, S]]) -> None:
         """Ask all to stop before joining any, so their shutdowns overlap."""
         services = [c.service for c in children if c.service is not None]
         for service in services:

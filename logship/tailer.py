@@ -55,6 +55,7 @@ class FollowedFile:
         self.skipping = False
         self._partial = b""
         self.fp_len, self.fp = fingerprint(fd, st.st_size)
+        self.by_name = os.readlink(f"/proc/self/fd/{fd}") == _resolved(path)
 
     @property
     def identity(self) -> tuple[int, int]:
@@ -172,6 +173,12 @@ def fingerprint(fd: int, size: int) -> tuple[int, str]:
     return len(head), hashlib.blake2b(head, digest_size=8).hexdigest()
 
 
+def _resolved(path: str) -> str:
+    """The path with its directory's symlinks resolved, but not the last component's."""
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.realpath(directory), name)
+
+
 def _matches(fd: int, saved: FileCheckpoint) -> bool:
     st = os.fstat(fd)
     if (st.st_dev, st.st_ino) != (saved.dev, saved.ino) or st.st_size < saved.offset:
@@ -220,6 +227,11 @@ class Tailer:
         self.rotated: list[FollowedFile] = []
         self.opened: list[FollowedFile] = []
         self._name_checked = 0.0
+
+    def notified(self) -> bool:
+        """Whether inotify on the path's directory reports every change to the open files:
+        not while a rotated file drains, nor for a file reached through a symlink."""
+        return not self.rotated and (self.current is None or self.current.by_name)
 
     def take_opened(self) -> list[FollowedFile]:
         """Files opened since the last call: their starting offsets must be saved at once."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from logship.checkpoint import CheckpointStore
 from logship.config import FilesConfig
 from logship.errors import SinkError
-from logship.fswatch import DirWatcher, Subscription
+from logship.fswatch import MISSING, DirWatcher, Subscription
 from logship.metrics import Metrics
 from logship.sink import Sent, Sink
 from logship.spec import Target
@@ -112,14 +112,14 @@ class Worker(Service):
         while not self.stopping.is_set():
             self._collect()
             if self._full():
-                self._wait()
+                self._wait(self._files.poll_interval)
             elif self._queued is not None:
                 tailer.watch_name(time.monotonic())
                 self._send_batch()
             elif not self._read(tailer):
                 self._close_rotated(tailer, time.monotonic())
                 self._watcher.ensure_watched(subscription)
-                self._wait()
+                self._wait(self._idle_wait(tailer, subscription))
 
     def _read(self, tailer: Tailer) -> bool:
         """Queue the next chunk; False when there was nothing to read."""
@@ -135,10 +135,24 @@ class Worker(Service):
             self._queued, self._queued_at = chunk, 0
         return True
 
-    def _wait(self) -> None:
-        self._wake.wait(self._files.poll_interval)
+    def _wait(self, timeout: float | None) -> None:
+        self._wake.wait(timeout)
         self._wake.clear()
 
+    def _idle_wait(self, tailer: Tailer, subscription: Subscription) -> float | None:
+        """An idle worker sleeps until inotify reports a change to its name (or the agent's
+        sweep finds one that inotify lost), so a thousand idle files cost nothing: a
+        thread's wake-up alone costs more than a stat. Where no event would come it looks
+        by itself every poll_interval: a rotated file still draining (its events carry
+        another name), a directory not watched yet, a file behind a symlink (events come
+        from the target's directory), and acknowledgements still awaited."""
+        if self._pending or not (subscription.watched and tailer.notified()):
+            subscription.idle_state = None
+            return self._files.poll_interval
+        current = tailer.current
+        subscription.idle_state = MISSING if current is None else (*current.identity,
+                                                                   current.read_pos)
+        return None
     def _full(self) -> bool:
         return (self._pending_lines >= self._files.max_in_flight_lines
                 or self._pending_bytes >= self._files.max_in_flight_bytes

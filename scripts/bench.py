@@ -1,25 +1,85 @@
-"""Throughput benchmark: logship against a bare kafka-python producer loop, same broker.
+"""Side-by-side benchmark (`make bench`): one run, one local broker, loopback only.
 
-Starts its own etcd and Kafka on free loopback ports (tests/harness.py), writes LINES
-lines of SIZE bytes, and reports lines/s for
-  - producer: a bare loop of KafkaProducer.send() with the same key and headers, then flush;
-  - logship:  the real `logship run` shipping the file from its beginning, timed from
-              start until logship_lines_sent_total reaches LINES, once per Kafka client.
+Starts its own etcd and Kafka on free loopback ports (tests/harness.py) and measures:
+
+- throughput: LINES lines of SIZE bytes, pre-written to one file, shipped into a topic of
+  each shipper's own until every record is acknowledged: a bare kafka-python producer
+  loop, kcat -P -l, rsyslog imfile -> omkafka, and the real `logship run` on each Kafka
+  client. lines/s, the ratio to kcat, CPU µs per line and peak RSS of the shipper's
+  process. CPU is counted from the moment the shipper is given the file (logship's and
+  the bare loop's interpreter start-up is left out, as a C shipper's is negligible);
+- latency: lines appended at 1,000 lines/s, each carrying its write time; the broker
+  stamps each record with its append time (message.timestamp.type=LogAppendTime);
+- idle: FILES files with one line each, all shipped, then CPU and RSS over 30 quiet
+  seconds; and the same for 5,000 files.
+
+kcat and rsyslog-kafka are Debian packages; the bench installs them when missing.
 Usage: .venv/bin/python scripts/bench.py [LINES] [SIZE]
 """
 
 from __future__ import annotations
 
-import re
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from harness import Agent, Etcd, Kafka, wait_until  # noqa: E402
-from kafka import KafkaProducer  # noqa: E402
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
+
+CLIENTS = ("kafka-python", "confluent-kafka")
+PACKAGES = {"kcat": "kcat", "rsyslogd": "rsyslog-kafka"}
+LATENCY_RATE, LATENCY_SECONDS = 1000, 10
+IDLE_SECONDS = 30
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    shipper: str
+    lines: int
+    seconds: float
+    cpu_seconds: float
+    rss_bytes: int
+
+    @property
+    def rate(self) -> float:
+        return self.lines / self.seconds
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def memory(pid: int, field: str) -> int:
+    """VmHWM (peak) or VmRSS (now) of a running process, in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise LookupError(field)
+
+
+def install_missing() -> None:
+    missing = [package for tool, package in PACKAGES.items() if shutil.which(tool) is None]
+    if missing:
+        print(f"installing {' '.join(missing)}", file=sys.stderr)
+        sudo = [] if os.getuid() == 0 else ["sudo"]
+        subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", *missing], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
 def make_file(path: Path, lines: int, size: int) -> None:
@@ -29,55 +89,255 @@ def make_file(path: Path, lines: int, size: int) -> None:
             f.write(b"".join(b"%09d %s\n" % (i, body) for i in range(start, min(lines, start + 10000))))
 
 
-def bench_producer(kafka: Kafka, path: Path, topic: str) -> float:
-    producer = KafkaProducer(bootstrap_servers=kafka.address, api_version=(2, 8), acks="all",
+def topic_size(kafka: Kafka, topic: str) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=kafka.address, api_version=(2, 8))
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return sum(ends.values())
+    finally:
+        consumer.close()
+
+
+# -- throughput ---------------------------------------------------------------------------
+
+def bare_loop(address: str, topic: str, path: str) -> None:
+    """Run in a child process: the loop an application would write with kafka-python,
+    same key and headers as logship, acks=all. Prints its own numbers as JSON."""
+    producer = KafkaProducer(bootstrap_servers=address, api_version=(2, 8), acks="all",
                              linger_ms=5, batch_size=256 * 1024)
     producer.send(topic, b"warm-up").get(30)
-    lines = path.read_bytes().split(b"\n")[:-1]
-    key = str(path).encode()
-    started = time.perf_counter()
+    key = path.encode()
+    cpu, started = time.process_time(), time.perf_counter()
+    lines = Path(path).read_bytes().split(b"\n")[:-1]
     offset = 0
     for line in lines:
         producer.send(topic, value=line, key=key,
                       headers=[("path", key), ("host", b"bench"), ("offset", b"%d" % offset)])
         offset += len(line) + 1
     producer.flush()
-    elapsed = time.perf_counter() - started
+    print(json.dumps({"lines": len(lines), "seconds": time.perf_counter() - started,
+                      "cpu": time.process_time() - cpu,
+                      "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
     producer.close()
-    return len(lines) / elapsed
 
 
-CLIENTS = ("kafka-python", "confluent-kafka")
+def bench_bare_loop(kafka: Kafka, path: Path) -> Result:
+    out = subprocess.run([sys.executable, __file__, "--bare-loop", kafka.address, "bench-bare",
+                          str(path)], check=True, capture_output=True, text=True).stdout
+    got = json.loads(out)
+    return Result("bare kafka-python producer loop", got["lines"], got["seconds"], got["cpu"],
+                  got["rss"])
 
 
-def bench_logship(etcd: Etcd, kafka: Kafka, workdir: Path, path: Path, client: str,
-                  lines: int) -> float:
-    topic = f"bench-{client}"
-    etcd.put(topic, [{"path": str(path), "topic": topic, "read_from": "beginning"}])
-    agent = Agent(workdir, etcd, kafka, [topic], client, allowed_paths=[f"{path.parent}/**"])
+def bench_kcat(kafka: Kafka, path: Path, lines: int) -> Result:
     started = time.perf_counter()
-    agent.start()
+    proc = subprocess.Popen(["kcat", "-P", "-q", "-b", kafka.address, "-t", "bench-kcat",
+                             "-k", str(path), "-H", "host=bench", "-H", f"path={path}",
+                             "-X", "enable.idempotence=true", "-X", "acks=all", "-l", str(path)])
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"kcat exited with {proc.returncode}")
+    return Result("kcat -P -l (C, librdkafka)", lines, seconds, usage.ru_utime + usage.ru_stime,
+                  usage.ru_maxrss * 1024)
+
+
+RSYSLOG_CONF = """\
+global(workDirectory="{work}")
+module(load="imfile" mode="inotify")
+module(load="omkafka")
+template(name="raw" type="string" string="%msg%")
+input(type="imfile" file="{path}" tag="bench" ruleset="tokafka")
+ruleset(name="tokafka") {{
+  action(type="omkafka" broker=["{broker}"] topic="bench-rsyslog" template="raw" key="{path}"
+         confParam=["queue.buffering.max.messages=10000000", "enable.idempotence=true",
+                    "acks=all"])
+}}
+"""
+
+
+def bench_rsyslog(kafka: Kafka, path: Path, lines: int, tmp: Path) -> Result:
+    """omkafka drops what does not fit librdkafka's queue: the queue is raised to hold all."""
+    work = tmp / "rsyslog"
+    work.mkdir()
+    conf = work / "rsyslog.conf"
+    conf.write_text(RSYSLOG_CONF.format(work=work, path=path, broker=kafka.address))
+    started = time.perf_counter()
+    proc = subprocess.Popen(["rsyslogd", "-n", "-f", str(conf), "-i", str(work / "pid")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        def sent() -> bool:
-            try:
-                text = agent.scrape()
-            except OSError:
-                return False
-            match = re.search(rf'logship_lines_sent_total{{topic="{topic}"}} (\S+)', text)
-            return bool(match) and float(match.group(1)) >= lines
-        try:
-            wait_until(sent, 300, "logship to ship every line", step=0.1)
-        except AssertionError:
-            print(agent.log()[-3000:], file=sys.stderr)
-            raise
-        return lines / (time.perf_counter() - started)
+        wait_until(lambda: topic_size(kafka, "bench-rsyslog") >= lines, 300,
+                   "rsyslog to ship every line", step=0.05)
+        seconds = time.perf_counter() - started
+        return Result("rsyslog imfile -> omkafka (C, librdkafka)", lines, seconds,
+                      cpu_seconds(proc.pid), memory(proc.pid, "VmHWM"))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def bench_agent(workdir: Path, etcd: Etcd, kafka: Kafka, key: str, client: str) -> Agent:
+    """The real agent with the shipped defaults (the test harness polls faster)."""
+    agent = Agent(workdir, etcd, kafka, [key], client, allowed_paths=[f"{workdir}/**"], files={})
+    for setting in ("timeout", "probe_interval"):
+        del agent.config["etcd"][setting]
+    agent.write_config()
+    return agent
+
+
+def ship_with_logship(etcd: Etcd, kafka: Kafka, workdir: Path, entries: list[dict],
+                      client: str, lines: int, topic: str) -> tuple[Agent, float, float]:
+    """Start the agent with nothing to do, then give it the entries: returns the agent,
+    the seconds until `lines` were acknowledged, and the CPU seconds that took."""
+    key = f"{topic}-{client}"
+    etcd.put(key, [])
+    agent = bench_agent(workdir, etcd, kafka, key, client).start()
+    agent.wait_log(f"key={key} applied 0 entries", 60)
+    cpu, started = cpu_seconds(agent.proc.pid), time.perf_counter()
+    etcd.put(key, entries)
+    try:
+        wait_until(lambda: agent.metric("logship_lines_sent_total", topic=topic) >= lines, 600,
+                   "logship to ship every line", step=0.1)
+    except AssertionError:
+        print(agent.log()[-3000:], file=sys.stderr)
+        agent.stop()
+        raise
+    return agent, time.perf_counter() - started, cpu_seconds(agent.proc.pid) - cpu
+
+
+def bench_logship(etcd: Etcd, kafka: Kafka, path: Path, lines: int, client: str,
+                  tmp: Path) -> Result:
+    topic = f"bench-{client}"
+    workdir = tmp / f"logship-{client}"     # a state_dir of its own: starts from offset 0
+    workdir.mkdir()
+    shipped = workdir / path.name
+    os.link(path, shipped)
+    entries = [{"path": str(shipped), "topic": topic, "read_from": "beginning"}]
+    agent, seconds, cpu = ship_with_logship(etcd, kafka, workdir, entries, client, lines, topic)
+    rss = memory(agent.proc.pid, "VmHWM")
+    agent.stop()
+    return Result(f"logship ({client})", lines, seconds, cpu, rss)
+
+
+# -- latency ------------------------------------------------------------------------------
+
+def bench_latency(etcd: Etcd, kafka: Kafka, client: str, tmp: Path) -> tuple[float, float]:
+    """p50 and p99 in ms from a line's write to the broker's append of its record."""
+    topic = f"latency-{client}"
+    kafka.create_topic(topic, **{"message.timestamp.type": "LogAppendTime"})
+    workdir = tmp / f"latency-{client}"
+    workdir.mkdir()
+    path = workdir / "app.log"
+    path.write_bytes(b"")
+    key = f"latency-{client}"
+    etcd.put(key, [{"path": str(path), "topic": topic}])
+    agent = bench_agent(workdir, etcd, kafka, key, client).start()
+    try:
+        agent.wait_log(f"worker started path={path}", 60)
+        count = LATENCY_RATE * LATENCY_SECONDS
+        write_paced(path, count, LATENCY_RATE)
+        records = read_all(kafka, topic, count)
     finally:
         agent.stop()
+    delays = sorted(r.timestamp - int(r.value.split(b" ", 1)[0]) / 1e6 for r in records)
+    return delays[len(delays) // 2], delays[int(len(delays) * 0.99)]
+
+
+def write_paced(path: Path, count: int, rate: int) -> None:
+    pad = b"y" * 80
+    with open(path, "ab", buffering=0) as f:
+        start = time.perf_counter()
+        for i in range(count):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            f.write(b"%d %s\n" % (time.time_ns(), pad))
+
+
+def read_all(kafka: Kafka, topic: str, count: int) -> list:
+    consumer = KafkaConsumer(topic, bootstrap_servers=kafka.address, api_version=(2, 8),
+                             auto_offset_reset="earliest", enable_auto_commit=False)
+    records: list = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(records) < count and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+    finally:
+        consumer.close()
+    if len(records) < count:
+        raise AssertionError(f"{topic}: {len(records)} of {count} records arrived")
+    return records
+
+
+# -- idle ---------------------------------------------------------------------------------
+
+def bench_idle(etcd: Etcd, kafka: Kafka, files: int, client: str, tmp: Path) -> tuple[float, int]:
+    """Every file ships its line, then: share of a core and RSS while nothing is written."""
+    topic = f"idle-{files}-{client}"
+    workdir = tmp / topic
+    logs = workdir / "logs"
+    logs.mkdir(parents=True)
+    entries = []
+    for i in range(files):
+        path = logs / f"d{i % 50}" / f"f{i}.log"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"one line\n")
+        entries.append({"path": str(path), "topic": topic, "read_from": "beginning"})
+    agent, _, _ = ship_with_logship(etcd, kafka, workdir, entries, client, files, topic)
+    try:
+        time.sleep(5)                       # let the start-up settle; nothing is written
+        cpu, started = cpu_seconds(agent.proc.pid), time.monotonic()
+        time.sleep(IDLE_SECONDS)
+        share = (cpu_seconds(agent.proc.pid) - cpu) / (time.monotonic() - started)
+        return share, memory(agent.proc.pid, "VmRSS")
+    finally:
+        agent.stop(60)
+
+
+# -- report -------------------------------------------------------------------------------
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                  if line.startswith("model name")), platform.machine())
+    memory_kib = next(int(line.split()[1]) for line in open("/proc/meminfo")
+                      if line.startswith("MemTotal"))
+    return (f"{os.cpu_count()} x {model}, {memory_kib / 2**20:.0f} GiB, "
+            f"Linux {platform.release()}, Python {platform.python_version()}")
+
+
+def report(lines: int, size: int, results: list[Result], latency: dict, idle: dict) -> None:
+    kcat = next(r for r in results if r.shipper.startswith("kcat"))
+    print(f"{datetime.now(timezone.utc):%Y-%m-%d}, {machine()}")
+    print(f"{lines:,} lines of {size} bytes, acks=all, one local broker, one run\n")
+    print("| shipper | lines/s | vs kcat | CPU µs/line | peak RSS MiB |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r.shipper} | {r.rate:,.0f} | {r.rate / kcat.rate:.2f} | "
+              f"{r.cpu_seconds / r.lines * 1e6:.1f} | {r.rss_bytes / 2**20:.0f} |")
+    print(f"\nappend -> Kafka latency at {LATENCY_RATE} lines/s for {LATENCY_SECONDS} s:\n")
+    print("| client | p50 ms | p99 ms |")
+    print("|---|---|---|")
+    for client, (p50, p99) in latency.items():
+        print(f"| {client} | {p50:.1f} | {p99:.1f} |")
+    print(f"\nidle, every file shipped, then {IDLE_SECONDS} s with nothing written:\n")
+    print("| files | client | CPU (share of a core) | RSS MiB |")
+    print("|---|---|---|---|")
+    for (files, client), (share, rss) in idle.items():
+        print(f"| {files:,} | {client} | {share:.2%} | {rss / 2**20:.0f} |")
+
+
+def progress(result, *what):
+    print(*what, result, file=sys.stderr, flush=True)
+    return result
 
 
 def main() -> None:
     lines = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
     size = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+    install_missing()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         etcd, kafka = Etcd(tmp / "etcd"), Kafka(tmp / "kafka")
@@ -86,22 +346,23 @@ def main() -> None:
         try:
             path = tmp / "bench.log"
             make_file(path, lines, size)
-            producer = bench_producer(kafka, path, "bench-producer")
-            shipped = {}
-            for client in CLIENTS:
-                workdir = tmp / client       # a state_dir of its own: starts from offset 0
-                workdir.mkdir()
-                shipped[client] = bench_logship(etcd, kafka, workdir, path, client, lines)
+            results = [progress(bench_bare_loop(kafka, path)),
+                       progress(bench_kcat(kafka, path, lines)),
+                       progress(bench_rsyslog(kafka, path, lines, tmp))]
+            results += [progress(bench_logship(etcd, kafka, path, lines, client, tmp))
+                        for client in CLIENTS]
+            latency = {client: progress(bench_latency(etcd, kafka, client, tmp), client)
+                       for client in CLIENTS}
+            idle = {(files, client): progress(bench_idle(etcd, kafka, files, client, tmp), files)
+                    for files in (1000, 5000) for client in CLIENTS}
         finally:
             kafka.stop()
             etcd.stop()
-    print(f"{lines} lines of {size} bytes, one local broker, one run\n")
-    print("| shipper | lines/s | ratio to the bare kafka-python loop |")
-    print("|---|---|---|")
-    print(f"| bare kafka-python producer loop | {producer:.0f} | 1.00 |")
-    for client, rate in shipped.items():
-        print(f"| logship ({client}) | {rate:.0f} | {rate / producer:.2f} |")
+    report(lines, size, results, latency, idle)
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--bare-loop"]:
+        bare_loop(*sys.argv[2:5])
+    else:
+        main()

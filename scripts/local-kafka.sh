@@ -6,7 +6,10 @@
 #   scripts/local-kafka.sh stop  PORT DATA_DIR
 #
 # The broker's controller listens on PORT+1. Restarting with the same DATA_DIR keeps the
-# topics and records. Jars come from .cache/kafka-libs (scripts/fetch-kafka.sh).
+# topics and records. Jars come from .cache/kafka-libs (`make setup` fetches them).
+# Optional, for the security tests: KAFKA_EXTRA_PROPERTIES names a file appended to the
+# broker's properties (later keys win: listeners, TLS, SASL); KAFKA_SCRAM is a SCRAM
+# credential created when the storage is formatted ('SCRAM-SHA-512=[name=u,password=p]').
 set -euo pipefail
 cmd=${1:?run|start|stop}; port=${2:?port}; dir=${3:?data dir}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,6 +39,7 @@ group.initial.rebalance.delay.ms=0
 message.max.bytes=16777216
 replica.fetch.max.bytes=16777216
 PROPS
+  if [ -n "${KAFKA_EXTRA_PROPERTIES:-}" ]; then cat "$KAFKA_EXTRA_PROPERTIES" >> "$dir/server.properties"; fi
   cat > "$dir/log4j.properties" <<PROPS
 log4j.rootLogger=WARN, file
 log4j.appender.file=org.apache.log4j.FileAppender
@@ -52,7 +56,8 @@ format_storage() {
   [ -f "$dir/data/meta.properties" ] && return 0
   local id
   id=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
-  "${java_cmd[@]}" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" >"$dir/format.log" 2>&1
+  "${java_cmd[@]}" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" \
+    ${KAFKA_SCRAM:+--add-scram "$KAFKA_SCRAM"} >"$dir/format.log" 2>&1
 }
 
 

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -84,11 +85,13 @@ class Service:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    env: dict[str, str] = {}
+
     def start(self) -> None:
         log = open(self.data_dir.with_suffix(".log"), "ab")
         self.proc = subprocess.Popen([str(SCRIPTS / self.script), "run", str(self.port),
                                       str(self.data_dir)], stdout=log, stderr=log,
-                                     start_new_session=True)
+                                     env={**os.environ, **self.env}, start_new_session=True)
         wait_until(self.ready, self.start_timeout, f"{self.script} on port {self.port}", 0.2)
 
     def ready(self) -> bool:
@@ -152,6 +155,77 @@ class Kafka(Service):
             admin.create_topics([NewTopic(name, 1, 1, topic_configs=configs)])
         finally:
             admin.close()
+
+
+@dataclass
+class Certificates:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate,
+    made by openssl into a temp dir (no key is ever committed)."""
+
+    directory: Path
+
+    ca = property(lambda self: self.directory / "ca.pem")
+    server_keystore = property(lambda self: self.directory / "server-keystore.pem")
+    client_cert = property(lambda self: self.directory / "client.pem")
+    client_key = property(lambda self: self.directory / "client.key")
+
+    def generate(self) -> "Certificates":
+        d = self.directory
+        d.mkdir(parents=True, exist_ok=True)
+        self._openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                      "-subj", "/CN=logship test CA", "-keyout", d / "ca.key", "-out", self.ca)
+        self._signed("server", "subjectAltName=IP:127.0.0.1")
+        self._signed("client", "extendedKeyUsage=clientAuth")
+        self.server_keystore.write_bytes((d / "server.key").read_bytes()
+                                         + (d / "server.pem").read_bytes())
+        return self
+
+    def _signed(self, name: str, extension: str) -> None:
+        d = self.directory
+        self._openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                      "-keyout", d / f"{name}.key", "-out", d / f"{name}.csr")
+        (d / f"{name}.ext").write_text(extension + "\n")
+        self._openssl("x509", "-req", "-in", d / f"{name}.csr", "-CA", self.ca,
+                      "-CAkey", d / "ca.key", "-CAcreateserial", "-days", "2",
+                      "-extfile", d / f"{name}.ext", "-out", d / f"{name}.pem")
+
+    @staticmethod
+    def _openssl(*args) -> None:
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+
+SCRAM_USER, SCRAM_PASSWORD = "logship", "scram-secret-4711"
+
+
+class SecureKafka(Kafka):
+    """A broker with an SSL listener that requires a client certificate and a SASL_SSL
+    listener (SCRAM-SHA-512), beside the PLAINTEXT one the tests read through."""
+
+    def __init__(self, data_dir: Path, certificates: Certificates) -> None:
+        super().__init__(data_dir)
+        self.ssl_port, self.sasl_port = free_port_pair(), free_port_pair()
+        extra = data_dir.with_suffix(".properties")
+        extra.write_text(SECURE_PROPERTIES.format(
+            port=self.port, controller=self.port + 1, ssl=self.ssl_port, sasl=self.sasl_port,
+            keystore=certificates.server_keystore, ca=certificates.ca))
+        self.env = {"KAFKA_EXTRA_PROPERTIES": str(extra),
+                    "KAFKA_SCRAM": f"SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]"}
+
+
+SECURE_PROPERTIES = """
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller},\
+SSL://127.0.0.1:{ssl},SASL_SSL://127.0.0.1:{sasl}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port},SSL://127.0.0.1:{ssl},SASL_SSL://127.0.0.1:{sasl}
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL
+ssl.keystore.type=PEM
+ssl.keystore.location={keystore}
+ssl.truststore.type=PEM
+ssl.truststore.location={ca}
+listener.name.ssl.ssl.client.auth=required
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\
+org.apache.kafka.common.security.scram.ScramLoginModule required;
+"""
 
 
 class TopicReader:

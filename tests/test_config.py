@@ -87,3 +87,46 @@ def test_client_and_compression_are_checked():
     for field, value in (("client", "librdkafka"), ("compression", "brotli")):
         with pytest.raises(ConfigError, match=f"kafka.{field}: must be one of"):
             parse_config(with_(kafka={"bootstrap_servers": ["x:1"], field: value}), Path("/"))
+
+
+def kafka_with(**settings):
+    return with_(kafka={"bootstrap_servers": ["x:1"], **settings})
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"security_protocol": "TLS"}, "kafka.security_protocol: must be one of PLAINTEXT, SSL"),
+    ({"ssl_cafile": "{ca}"}, "kafka.ssl_cafile: needs kafka.security_protocol SSL or SASL_SSL"),
+    ({"security_protocol": "SSL", "ssl_cafile": "/nonexistent/ca.pem"},
+     "kafka.ssl_cafile: cannot read /nonexistent/ca.pem: No such file"),
+    ({"security_protocol": "SSL", "ssl_certfile": "{ca}"}, "a client certificate needs both"),
+    ({"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "u"},
+     "kafka.sasl_password: required with kafka.security_protocol SASL_SSL"),
+    ({"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "GSSAPI"},
+     "kafka.sasl_mechanism: must be one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
+    ({"sasl_username": "u"}, "kafka.sasl_username: needs kafka.security_protocol SASL_PLAINTEXT"),
+])
+def test_kafka_security_settings_that_cannot_work_are_refused(tmp_path, settings, message):
+    (tmp_path / "ca.pem").write_text("")
+    settings = {k: v.format(ca=tmp_path / "ca.pem") for k, v in settings.items()}
+    with pytest.raises(ConfigError, match=message):
+        parse_config(kafka_with(**settings), Path("/"))
+
+
+def test_a_sasl_password_never_shows(tmp_path):
+    config = parse_config(kafka_with(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
+                                     sasl_username="u", sasl_password="hunter2"), Path("/"))
+    assert "hunter2" not in repr(config)
+    with pytest.raises(ConfigError) as error:
+        parse_config(kafka_with(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
+                                sasl_username="u", sasl_password=["hunter2"]), Path("/"))
+    assert "hunter2" not in str(error.value)
+
+
+@pytest.mark.parametrize("client, name", [
+    ("kafka-python", "security_protocol"), ("kafka-python", "sasl_plain_password"),
+    ("confluent-kafka", "ssl.ca.location"), ("confluent-kafka", "sasl.mechanism"),
+])
+def test_security_settings_under_the_client_names_are_refused(client, name):
+    config = parse_config(kafka_with(client=client, producer={name: "x"}), Path("/"))
+    with pytest.raises(ConfigError, match=rf"kafka.producer.{name}: managed by logship; set kafka\."):
+        check_settings(config.kafka)

@@ -1,0 +1,92 @@
+"""Idle workers sleep until inotify wakes them: with the safety poll an hour away, every
+change to a followed name must still arrive at once. Where no event can come (a
+directory that is gone, a file behind a symlink) the worker polls every poll_interval."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from harness import Agent
+
+pytestmark = pytest.mark.e2e
+
+INOTIFY_ONLY = {"poll_interval": 0.5, "safety_poll_interval": 3600, "close_rotated_after": 1.0}
+
+
+def append(path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def test_appends_truncation_and_a_late_file_wake_an_idle_worker(etcd, kafka, make_agent, reader,
+                                                                key, topic, tmp_path):
+    log, late = tmp_path / "app.log", tmp_path / "late.log"
+    log.write_bytes(b"")
+    etcd.put(key, [{"path": str(log), "topic": topic}, {"path": str(late), "topic": topic}])
+    agent: Agent = make_agent(etcd, kafka, [key], files=INOTIFY_ONLY).start()
+    agent.wait_log(f"worker started path={late}")
+    topic_reader = reader(topic)
+    append(log, b"a longer first line\n")
+    topic_reader.wait_count(1, timeout=10)
+    log.write_bytes(b"truncated\n")                    # shorter than what was read
+    agent.wait_log("truncated", timeout=10)
+    topic_reader.wait_count(2, timeout=10)
+    late.write_bytes(b"late\n")
+    topic_reader.wait_count(3, timeout=10)
+    os.rename(log, tmp_path / "app.log.1")
+    append(tmp_path / "app.log.1", b"to the rotated file\n")
+    log.write_bytes(b"successor\n")
+    records = topic_reader.wait_count(5, timeout=10)
+    assert sorted(r.value for r in records) == sorted(
+        [b"a longer first line", b"truncated", b"late", b"to the rotated file", b"successor"])
+
+
+def test_a_deleted_and_recreated_directory_is_watched_again(etcd, kafka, make_agent, reader, key,
+                                                            topic, tmp_path):
+    directory = tmp_path / "app"
+    directory.mkdir()
+    log = directory / "app.log"
+    etcd.put(key, [{"path": str(log), "topic": topic}])
+    agent: Agent = make_agent(etcd, kafka, [key], files=INOTIFY_ONLY).start()
+    agent.wait_log(f"worker started path={log}")
+    topic_reader = reader(topic)
+    log.write_bytes(b"one\n")
+    topic_reader.wait_count(1, timeout=10)
+    shutil.rmtree(directory)
+    directory.mkdir()
+    log.write_bytes(b"two\n")
+    topic_reader.wait_count(2, timeout=10)
+    agent.wait_log("rotated file finished and closed")  # the deleted file: no more polling
+    append(log, b"three\n")                             # seen through the new directory's watch
+    assert [r.value for r in topic_reader.wait_count(3, timeout=10)] == [b"one", b"two", b"three"]
+
+
+def test_a_file_behind_a_symlink_is_polled(etcd, kafka, make_agent, reader, key, topic, tmp_path):
+    target = tmp_path / "real" / "app.log"
+    target.parent.mkdir()
+    target.write_bytes(b"")
+    link = tmp_path / "app.log"
+    link.symlink_to(target)
+    etcd.put(key, [{"path": str(link), "topic": topic}])
+    agent: Agent = make_agent(etcd, kafka, [key], files=INOTIFY_ONLY).start()
+    agent.wait_log(f"worker started path={link}")
+    append(target, b"through the link\n")              # inotify reports it in real/, not here
+    assert [r.value for r in reader(topic).wait_count(1, timeout=10)] == [b"through the link"]
+
+
+def test_a_change_inotify_missed_is_found_by_the_agents_sweep(etcd, kafka, make_agent, reader, key,
+                                                              topic, tmp_path):
+    log = tmp_path / "app.log"
+    log.write_bytes(b"")
+    elsewhere = tmp_path / "other" / "app.log"
+    elsewhere.parent.mkdir()
+    os.link(log, elsewhere)       # written through this name, the event lands in other/
+    etcd.put(key, [{"path": str(log), "topic": topic}])
+    agent: Agent = make_agent(etcd, kafka, [key],
+                              files={**INOTIFY_ONLY, "safety_poll_interval": 0.5}).start()
+    agent.wait_log(f"worker started path={log}")
+    append(elsewhere, b"no event for app.log\n")
+    assert [r.value for r in reader(topic).wait_count(1, timeout=10)] == [b"no event for app.log"]

@@ -1,0 +1,58 @@
+"""kafka.security_protocol and its companions, on both clients, against a real broker with
+an SSL listener that requires a client certificate and a SASL_SSL listener with
+SCRAM-SHA-512. The certificates come from openssl into a temp dir; the tests read the
+records back through the broker's PLAINTEXT listener."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import CLIENTS
+from harness import SCRAM_PASSWORD, SCRAM_USER, Certificates, SecureKafka, TopicReader
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory) -> Certificates:
+    return Certificates(tmp_path_factory.mktemp("certs")).generate()
+
+
+@pytest.fixture(scope="module")
+def secure_kafka(tmp_path_factory, certificates):
+    service = SecureKafka(tmp_path_factory.mktemp("secure-kafka") / "data", certificates)
+    service.start()
+    yield service
+    service.stop()
+
+
+def ssl_with_client_certificate(kafka: SecureKafka, certs: Certificates) -> dict:
+    return {"bootstrap_servers": [f"127.0.0.1:{kafka.ssl_port}"], "security_protocol": "SSL",
+            "ssl_cafile": str(certs.ca), "ssl_certfile": str(certs.client_cert),
+            "ssl_keyfile": str(certs.client_key)}
+
+
+def sasl_ssl_scram(kafka: SecureKafka, certs: Certificates) -> dict:
+    return {"bootstrap_servers": [f"127.0.0.1:{kafka.sasl_port}"], "security_protocol": "SASL_SSL",
+            "ssl_cafile": str(certs.ca), "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": SCRAM_USER, "sasl_password": SCRAM_PASSWORD}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("listener", [ssl_with_client_certificate, sasl_ssl_scram])
+def test_both_clients_ship_over_tls_and_sasl(etcd, secure_kafka, certificates, make_agent, key,
+                                             topic, tmp_path, client, listener):
+    log = tmp_path / "app.log"
+    log.write_bytes(b"")
+    etcd.put(key, [{"path": str(log), "topic": topic}])
+    kafka_section = {**listener(secure_kafka, certificates), "client": client}
+    agent = make_agent(etcd, secure_kafka, [key], kafka=kafka_section).start()
+    agent.wait_log(f"worker started path={log}")
+    log.write_bytes(b"".join(b"secure %d\n" % i for i in range(100)))
+    reader = TopicReader(secure_kafka, topic)
+    try:
+        records = reader.wait_count(100, timeout=60)
+    finally:
+        reader.close()
+    assert sorted(r.value for r in records) == sorted(b"secure %d" % i for i in range(100))
+    assert SCRAM_PASSWORD not in agent.log()
