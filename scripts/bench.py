@@ -78,8 +78,9 @@ def install_missing() -> None:
     if missing:
         print(f"installing {' '.join(missing)}", file=sys.stderr)
         sudo = [] if os.getuid() == 0 else ["sudo"]
-        subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", *missing], check=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
 
 
 def make_file(path: Path, lines: int, size: int) -> None:

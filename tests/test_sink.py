@@ -1,0 +1,51 @@
+"""Pure logic of the sinks: partitioning and the security settings under each client's names."""
+
+from pathlib import Path
+
+from kafka.partitioner.default import DefaultPartitioner
+
+from logship.config import parse_config
+from logship.sink import security_settings
+from logship.sink_confluent import SECURITY as CONFLUENT
+from logship.sink_kafka_python import SECURITY as KAFKA_PYTHON, KeyCachingPartitioner
+
+
+class Cluster:
+    """The part of kafka-python's ClusterMetadata a partitioner reads."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = set(range(partitions))
+
+    def topics(self):
+        return {"t"}
+
+    def partitions_for_topic(self, topic):
+        return self.partitions
+
+    def available_partitions_for_topic(self, topic):
+        return self.partitions
+
+
+def test_the_cached_partition_is_the_default_partitioners_also_after_growth():
+    cached, default = KeyCachingPartitioner(), DefaultPartitioner()
+    keys = [f"/var/log/app-{i}.log".encode() for i in range(200)]
+    for partitions in (3, 7, 12):
+        cluster = Cluster(partitions)
+        for key in keys:
+            for _ in range(2):                          # computed, then from the cache
+                assert cached.partition("t", key, key, b"", b"", cluster) == \
+                    default.partition("t", key, key, b"", b"", cluster)
+
+
+def test_security_fields_map_to_each_clients_own_names():
+    data = {"etcd": {"endpoints": ["e:1"], "keys": ["k"]},
+            "kafka": {"bootstrap_servers": ["b:1"], "security_protocol": "SASL_PLAINTEXT",
+                      "sasl_mechanism": "SCRAM-SHA-256", "sasl_username": "u",
+                      "sasl_password": "p"}}
+    kafka = parse_config(data, Path("/")).kafka
+    assert security_settings(kafka, KAFKA_PYTHON) == {
+        "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256",
+        "sasl_plain_username": "u", "sasl_plain_password": "p"}
+    assert security_settings(kafka, CONFLUENT) == {
+        "security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "SCRAM-SHA-256",
+        "sasl.username": "u", "sasl.password": "p"}
