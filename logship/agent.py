@@ -16,11 +16,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from logship.checkpoint import CheckpointStore, CheckpointWriter
+from logship.checkpoint import CheckpointStore, CheckpointWriter, StateLock
 from logship.config import Config, load_config
 from logship.errors import ConfigError
 from logship.etcd_source import EtcdSource
 from logship.fswatch import DirWatcher, Subscription
+from logship.logs import plural
 from logship.manager import Manager
 from logship.metrics import Metrics, MetricsServer
 from logship.sink import Sink, check_settings, open_sink
@@ -54,7 +55,8 @@ class Agent:
         self.config_path = config_path
         self.config = config
         self.metrics = Metrics()
-        self.store = CheckpointStore(config.state_dir)
+        self.store = CheckpointStore(config.state_dir, self.metrics.checkpoint_errors.inc)
+        self._state_lock = StateLock(config.state_dir)
         self.watcher = DirWatcher()
         self.sink = self._adopt_sink(open_sink(config.kafka, HOST))
         self.source = EtcdSource(config.etcd)
@@ -91,12 +93,19 @@ class Agent:
         self._reload_reason = reason
         self._reload_requested_at = time.monotonic()
 
-    def healthy(self) -> bool:
-        return time.monotonic() - self._heartbeat < HEALTHY_WITHIN
+    def health(self) -> str | None:
+        """What is wrong, for /healthz; None when healthy."""
+        stalled = time.monotonic() - self._heartbeat
+        if stalled >= HEALTHY_WITHIN:
+            return f"the agent's loop has not run for {stalled:.0f}s"
+        return self.store.save_error
 
     # -- the agent's loop -----------------------------------------------------------
 
     def run(self) -> None:
+        """Raises ConfigError, before anything starts, when state_dir is unusable or taken."""
+        self.store.load()
+        self._state_lock.acquire()
         self._start()
         try:
             while not self._stop_requested:
@@ -107,7 +116,6 @@ class Agent:
             self._shutdown()
 
     def _start(self) -> None:
-        self.store.load()
         self.watcher.start()
         self._config_subscription = self.watcher.subscribe(str(self.config_path),
                                                            self.request_reload)
@@ -115,8 +123,10 @@ class Agent:
         self._writer.start()
         self.declare(STATIC_OWNER, self.config.logs)
         self.managers.reconcile({key: key for key in self.config.etcd.keys})
-        log.info("agent started: %d etcd key(s), %d static entr(ies), state in %s",
-                 len(self.config.etcd.keys), len(self.config.logs), self.config.state_dir)
+        log.info("agent started: %s, %s, state in %s",
+                 plural(len(self.config.etcd.keys), "etcd key", "etcd keys"),
+                 plural(len(self.config.logs), "static entry", "static entries"),
+                 self.config.state_dir)
 
     def _tick(self, now: float) -> None:
         self._heartbeat = now
@@ -153,6 +163,8 @@ class Agent:
 
     def _adopt_sink(self, sink: Sink) -> Sink:
         self.metrics.in_flight_bytes.set_function(lambda: sink.budget.used)
+        self.metrics.kafka_up.set_function(lambda: int(sink.health.up))
+        sink.health.on_error = lambda reason: self.metrics.kafka_errors.labels(reason).inc()
         return sink
 
     def _new_manager(self, key: str) -> Manager:
@@ -168,7 +180,7 @@ class Agent:
         if listen is None:
             return
         try:
-            self._metrics_server = MetricsServer(self.metrics, listen, self.healthy)
+            self._metrics_server = MetricsServer(self.metrics, listen, self.health)
         except OSError as exc:
             log.error("metrics.listen %s:%d: cannot listen: %s; metrics disabled",
                       listen[0], listen[1], exc.strerror)
@@ -240,4 +252,5 @@ class Agent:
             self.watcher.unsubscribe(self._config_subscription)
         self.watcher.stop()
         self._stop_metrics()
+        self._state_lock.release()
         log.info("agent stopped")

@@ -8,6 +8,7 @@ the new file, never a torn one.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from logship.supervisor import Service
 log = logging.getLogger(__name__)
 
 FILE_NAME = "checkpoints.json"
+LOCK_NAME = "lock"
 STATE_DIR_MODE = 0o700
 STATE_FILE_MODE = 0o600
 EXPIRE_INTERVAL = 60.0
@@ -51,8 +53,10 @@ class FileCheckpoint:
 class CheckpointStore:
     """In-memory offsets shared by workers (one update per acknowledged batch)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, on_save_error: Callable[[], None] = lambda: None) -> None:
         self.file = state_dir / FILE_NAME
+        self.save_error: str | None = None
+        self._on_save_error = on_save_error
         self._lock = threading.Lock()
         self._save_lock = threading.Lock()
         # (topic, path) -> (dev, ino) -> checkpoint: a worker's start looks up its own
@@ -118,11 +122,21 @@ class CheckpointStore:
             self._version += bool(stale)
 
     def save(self) -> None:
-        """Write if anything changed since the last save; safe from any thread."""
+        """Write if anything changed since the last save; safe from any thread. A failure
+        (disk full) keeps everything in memory and is retried at the next save; it is
+        logged when it starts and when it ends, and /healthz reports it meanwhile."""
         try:
             self._save()
         except OSError as exc:
-            log.error("cannot save checkpoints to %s: %s", self.file, exc)
+            self._on_save_error()
+            if self.save_error is None:
+                log.error("cannot save checkpoints to %s: %s; retrying every save, offsets "
+                          "are kept in memory", self.file, exc.strerror or exc)
+            self.save_error = f"cannot save checkpoints to {self.file}: {exc.strerror or exc}"
+            return
+        if self.save_error is not None:
+            log.info("checkpoints saved to %s again", self.file)
+            self.save_error = None
 
     def _save(self) -> None:
         with self._save_lock:
@@ -136,6 +150,34 @@ class CheckpointStore:
                 text = json.dumps(data)
             _write_atomically(self.file, text.encode())
             self._saved_version = version
+
+
+class StateLock:
+    """One agent per state_dir, like Filebeat's data path lock: a second agent on the same
+    offsets would ship every line again. flock dies with the process, kill -9 included."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, STATE_FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(f"state_dir {self.path.parent}: in use by another logship agent "
+                              f"(pid {holder}); stop it, or give this one a state_dir of its "
+                              f"own") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def prepare_state_dir(state_dir: Path) -> None:

@@ -1,4 +1,9 @@
-"""Command line: run, check, put, get. Errors are one clear line, never a traceback."""
+"""logship: follows log files by name and ships every line to Kafka, at least once.
+
+What to ship is a JSON list of {"path", "topic"} entries stored under the etcd keys that
+config.yaml names; an agent per host runs until SIGTERM, and follows edits of etcd and
+of config.yaml as they happen. Errors are one clear line, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from logship import logs
+from logship import __version__, logs
+from logship.logs import plural
 from logship.agent import Agent, load
 from logship.config import Config
 from logship.errors import EtcdUnavailable, LogshipError, SpecError
@@ -32,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="logship", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="logship", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"logship {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, func, help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help)
@@ -49,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     put.add_argument("file", help="a JSON file, or - for standard input")
     get = command("get", get_value, "print the value stored under KEY")
     get.add_argument("key")
+    delete = command("delete", delete_key, "remove KEY from etcd: its files stop shipping")
+    delete.add_argument("key")
     return parser
 
 
@@ -82,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace) -> int:
     config = load(args.config, strict=True)
-    print(f"{args.config}: ok ({len(config.etcd.keys)} etcd key(s), "
-          f"{len(config.logs)} static entr(ies))")
+    print(f"{args.config}: ok ({plural(len(config.etcd.keys), 'etcd key', 'etcd keys')}, "
+          f"{plural(len(config.logs), 'static entry', 'static entries')})")
     return 0
 
 
@@ -100,10 +110,29 @@ def put_value(args: argparse.Namespace) -> int:
     if parsed.rejected:
         raise SpecError(f"key={args.key}: value refused, nothing written: "
                         + "; ".join(parsed.rejected))
+    _warn_unwatched(config, args.config, args.key)
     with _etcd(config) as session:
         session.put(args.key, raw)
-    print(f"key={args.key}: wrote {len(parsed.targets)} entries")
+    print(f"key={args.key}: wrote {plural(len(parsed.targets), 'entry', 'entries')}")
     return 0
+
+
+def delete_key(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    _warn_unwatched(config, args.config, args.key)
+    with _etcd(config) as session:
+        existed = session.delete(args.key)
+    if not existed:
+        raise LogshipError(f"key={args.key}: not found, nothing deleted")
+    print(f"key={args.key}: deleted")
+    return 0
+
+
+def _warn_unwatched(config: Config, path: Path, key: str) -> None:
+    """A key no agent with this config watches is almost always a typo."""
+    if key not in config.etcd.keys:
+        log.warning("key=%s is not in etcd.keys of %s (%s): agents with this config do not "
+                    "watch it", key, path, ", ".join(config.etcd.keys))
 
 
 def get_value(args: argparse.Namespace) -> int:

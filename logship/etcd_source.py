@@ -70,6 +70,10 @@ class EtcdSession:
     def put(self, key: str, value: bytes) -> None:
         self._client.put(key, value)
 
+    def delete(self, key: str) -> bool:
+        """True when the key existed."""
+        return bool(self._client.delete(key))
+
     def close(self) -> None:
         try:
             self._client.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from datetime import datetime
 
 ECHO_LIMIT = 200
 MESSAGE_LIMIT = 16 * 1024
@@ -36,11 +37,16 @@ def shown(value: object, limit: int = ECHO_LIMIT) -> str:
 
 
 class SafeFormatter(logging.Formatter):
-    """Escapes and caps the message; a traceback (exc_info) keeps its lines."""
+    """Escapes and caps the message; a traceback (exc_info) keeps its lines. Times are
+    RFC 3339 with the zone, so lines from hosts in several zones can be compared."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = shown(record.message, MESSAGE_LIMIT)
         return super().formatMessage(record)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created).astimezone().isoformat(
+            timespec="milliseconds")
 
 
 def setup(level: int = logging.INFO) -> None:
@@ -50,3 +56,8 @@ def setup(level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
+def plural(count: int, one: str, many: str) -> str:
+    """'1 entry', '2 entries': counts in messages read as an operator would write them."""
+    return f"{count} {one if count == 1 else many}"

@@ -14,6 +14,7 @@ from typing import Callable
 
 from logship.errors import LogshipError, SpecError
 from logship.etcd_source import ETCD_ERRORS, WAKE, EtcdSession, EtcdSource, describe
+from logship.logs import plural
 from logship.metrics import Metrics
 from logship.spec import Target, parse_value
 from logship.supervisor import Backoff, Service
@@ -97,5 +98,5 @@ class Manager(Service):
         for reason in parsed.rejected:
             self._metrics.value_errors.labels(self.key).inc()
             log.error("key=%s %s; entry ignored", self.key, reason)
-        log.info("key=%s applied %d entries", self.key, len(parsed.targets))
+        log.info("key=%s applied %s", self.key, plural(len(parsed.targets), "entry", "entries"))
         self._declare(self.key, parsed.targets)

@@ -1,25 +1,34 @@
 """Prometheus metrics (prometheus-client) and the HTTP endpoint for /metrics and /healthz.
 
 Each agent has its own registry. Hot paths resolve their labelled children once (at
-worker start) and only call inc() per batch.
+worker start) and only call inc() per batch. Any other path is a 404, so that a
+misdirected health probe fails instead of reading the metrics page as a 200.
 """
 
 from __future__ import annotations
 
 import logging
+import platform
 import threading
 from typing import Any, Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Info, ProcessCollector,
+                               disable_created_metrics, make_wsgi_app)
+
+from logship import __version__
 
 log = logging.getLogger(__name__)
 
 
 class Metrics:
     def __init__(self) -> None:
+        disable_created_metrics()       # a *_created series per counter only doubles a scrape
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        Info("logship_build", "The running logship.", registry=r).info(
+            {"version": __version__, "python": platform.python_version()})
         self.lines_read = Counter("logship_lines_read", "Lines read from files.", ["topic"], registry=r)
         self.lines_sent = Counter("logship_lines_sent", "Lines acknowledged by Kafka.", ["topic"],
                                   registry=r)
@@ -45,6 +54,16 @@ class Metrics:
                                       ["result"], registry=r)
         self.in_flight_bytes = Gauge("logship_in_flight_bytes",
                                      "Line bytes sent and not yet acknowledged.", registry=r)
+        self.kafka_up = Gauge("logship_kafka_up",
+                              "1 while Kafka takes and acknowledges lines, 0 during an outage.",
+                              registry=r)
+        self.kafka_errors = Counter("logship_kafka_errors",
+                                    "Signs of a Kafka outage, by reason (no_ack, metadata, "
+                                    "transport, resolve, timeout, all_brokers_down, queue_full).",
+                                    ["reason"], registry=r)
+        self.checkpoint_errors = Counter("logship_checkpoint_save_errors",
+                                         "Failed saves of the read offsets to state_dir.",
+                                         registry=r)
 
     def set_running(self, counts: dict[str, int]) -> None:
         """Publish per-key file counts; a key that was removed disappears."""
@@ -61,9 +80,10 @@ class _QuietHandler(WSGIRequestHandler):
 class MetricsServer:
     """Serves /metrics and /healthz on its own thread until stop()."""
 
-    def __init__(self, metrics: Metrics, listen: tuple[str, int], healthy: Callable[[], bool]) -> None:
+    def __init__(self, metrics: Metrics, listen: tuple[str, int],
+                 health: Callable[[], str | None]) -> None:
         self._metrics_app = make_wsgi_app(metrics.registry)
-        self._healthy = healthy
+        self._health = health
         self._server: WSGIServer = make_server(listen[0], listen[1], self._app,
                                                handler_class=_QuietHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
@@ -71,12 +91,16 @@ class MetricsServer:
         self.address = f"{listen[0]}:{self._server.server_port}"
 
     def _app(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == "/healthz":
-            ok = self._healthy()
-            start_response("200 OK" if ok else "503 Service Unavailable",
+        path = environ.get("PATH_INFO")
+        if path == "/metrics":
+            return self._metrics_app(environ, start_response)
+        if path == "/healthz":
+            problem = self._health()
+            start_response("503 Service Unavailable" if problem else "200 OK",
                            [("Content-Type", "text/plain")])
-            return [b"ok\n" if ok else b"unhealthy\n"]
-        return self._metrics_app(environ, start_response)
+            return [f"unhealthy: {problem}\n".encode() if problem else b"ok\n"]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: try /metrics or /healthz\n"]
 
     def start(self) -> None:
         self._thread.start()

@@ -10,7 +10,10 @@ agent-wide in-flight budget, since neither client caps memory the way we need.
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
@@ -18,7 +21,12 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 if TYPE_CHECKING:
     from logship.config import KafkaConfig
 
+log = logging.getLogger(__name__)
+
 Wake = Callable[[], None]
+REPEAT_EVERY = 60.0
+STALL_AFTER = 10.0
+PROBE_TIMEOUT = 1.0
 
 
 class Delivery(Protocol):
@@ -73,12 +81,85 @@ class InFlightBudget:
             self.used -= nbytes
 
 
+class KafkaHealth:
+    """Whether Kafka takes and acknowledges lines, as one agent-wide state: an outage is
+    said once with the brokers and its cause, repeated at most every minute while it
+    lasts, and its end is said with how long it took. Lines are held meanwhile; an outage
+    is never a worker crash. The clients' own messages name neither the brokers nor the
+    cause, so the cause is found by connecting to each broker."""
+
+    def __init__(self, brokers: tuple[str, ...]) -> None:
+        self.brokers = brokers
+        self.up = True
+        self.on_error: Callable[[str], None] = lambda reason: None
+        self._down_since: float | None = None
+        self._said_at = 0.0
+        self._acked_at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def unavailable(self, reason: str, cause: str | None = None) -> None:
+        """Kafka refused or did not acknowledge. Cheap when said recently: every worker
+        may report the same outage. Counted (by `reason`) each time it is said."""
+        now = time.monotonic()
+        with self._lock:
+            since = self._down_since
+            if since is not None and now - self._said_at < REPEAT_EVERY:
+                return
+            self._said_at = now
+            self._down_since = since or now
+            self.up = False
+        self.on_error(reason)
+        cause = cause or probe(self.brokers)
+        if since is None:
+            log.warning("Kafka unavailable (%s): %s; holding lines", ",".join(self.brokers), cause)
+        else:
+            log.warning("Kafka still unavailable after %.0fs (%s): %s; holding lines",
+                        now - since, ",".join(self.brokers), cause)
+
+    def stalled(self, oldest_sent_at: float) -> None:
+        """A worker's oldest batch is still unacknowledged. Kafka has stopped acknowledging
+        when that batch is old and no batch of any worker was acknowledged meanwhile."""
+        now = time.monotonic()
+        if now - oldest_sent_at > STALL_AFTER and now - self._acked_at > STALL_AFTER:
+            self.unavailable("no_ack")
+
+    def available(self) -> None:
+        """Called per acknowledged batch: cheap unless Kafka was down."""
+        self._acked_at = time.monotonic()
+        if self._down_since is None:
+            return
+        with self._lock:
+            since, self._down_since = self._down_since, None
+            self.up = True
+        if since is not None:
+            log.info("Kafka available again after %.0fs (%s)", time.monotonic() - since,
+                     ",".join(self.brokers))
+
+
+def probe(brokers: tuple[str, ...]) -> str:
+    """Why Kafka cannot be reached, broker by broker: refused, name, timeout."""
+    causes = []
+    for broker in brokers:
+        host, _, port = broker.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), PROBE_TIMEOUT).close()
+            causes.append(f"{broker} accepts connections but does not acknowledge")
+        except socket.gaierror:
+            causes.append(f"{broker}: name does not resolve")
+        except socket.timeout:
+            causes.append(f"{broker}: connection timed out")
+        except OSError as exc:
+            causes.append(f"{broker}: {(exc.strerror or str(exc)).lower()}")
+    return "; ".join(causes)
+
+
 class Sink(ABC):
     """One shared producer for the whole agent."""
 
     def __init__(self, config: KafkaConfig, host: bytes) -> None:
         self.config = config
         self.budget = InFlightBudget(config.buffer_bytes)
+        self.health = KafkaHealth(config.bootstrap_servers)
         self.host = host
 
     @abstractmethod

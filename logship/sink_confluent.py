@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -48,12 +47,14 @@ MANAGED = {
     "acks": "nothing: logship always uses acks=all",
     "request.required.acks": "nothing: logship always uses acks=all",
     "enable.idempotence": "nothing: logship always uses idempotence",
+    "message.timeout.ms": "nothing: lines are held until Kafka takes them",
+    "delivery.timeout.ms": "nothing: lines are held until Kafka takes them",
     "on_delivery": "nothing: logship tracks deliveries itself",
     "error_cb": "nothing: logship reports errors itself",
 }
 DEFAULTS = {"linger.ms": 5, "batch.size": 1024 * 1024}
-UNAVAILABLE = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE,
-               KafkaError._TIMED_OUT}
+UNAVAILABLE = {KafkaError._ALL_BROKERS_DOWN: "all_brokers_down", KafkaError._TRANSPORT: "transport",
+               KafkaError._RESOLVE: "resolve", KafkaError._TIMED_OUT: "timeout"}
 POLL_TIMEOUT = 0.5
 
 
@@ -63,12 +64,16 @@ def _settings(config: KafkaConfig, overrides: dict[str, Any]) -> dict[str, Any]:
         "bootstrap.servers": ",".join(config.bootstrap_servers),
         "acks": "all",
         "enable.idempotence": True,
+        "message.timeout.ms": 0,        # infinite: an outage holds lines, never fails them
         "compression.type": config.compression,
         "message.max.bytes": config.max_request_size,
         # our own budget (kafka.buffer_bytes) bounds what is queued, well before these
         "queue.buffering.max.kbytes": max(1, 2 * config.buffer_bytes // 1024),
         "queue.buffering.max.messages": 10_000_000,
         "logger": log,
+        # Errors reach error_cb (and KafkaHealth) once each; librdkafka's log would repeat
+        # every failed reconnect a few times a second.
+        "log_level": 2,
         **overrides,
     }
 
@@ -143,7 +148,6 @@ class _Poller(Service):
 class ConfluentSink(Sink):
     def __init__(self, config: KafkaConfig, host: bytes) -> None:
         super().__init__(config, host)
-        self._down_since: float | None = None
         self._lock = threading.Lock()
         self._isolation: Producer | None = None
         self.producer = self._new_producer({"error_cb": self._on_error})
@@ -157,22 +161,15 @@ class ConfluentSink(Sink):
             raise ConfigError(f"kafka: cannot create the producer: {_describe(exc)}") from None
 
     def _on_error(self, error: KafkaError) -> None:
-        """On the poller thread: a broker outage is a held state, said once."""
+        """On the poller thread. librdkafka's words for an outage vary with the moment it
+        is noticed ("1/1 brokers are down"), so the cause comes from probing the brokers,
+        as on the other client."""
         if error.code() in UNAVAILABLE:
-            if self._down_since is None:
-                self._down_since = time.monotonic()
-                log.warning("Kafka unavailable (%s): %s; holding lines",
-                            ",".join(self.config.bootstrap_servers), error.str())
+            self.health.unavailable(UNAVAILABLE[error.code()])
         elif error.fatal():
             log.error("Kafka producer fatal error: %s", error.str())
         else:
             log.warning("Kafka: %s", error.str())
-
-    def _delivered(self) -> None:
-        """On the poller thread, once per batch acknowledged whole."""
-        if self._down_since is not None:
-            log.info("Kafka available again after %.0fs", time.monotonic() - self._down_since)
-            self._down_since = None
 
     def is_too_large(self, error: BaseException) -> bool:
         code = error.args[0].code() if isinstance(error, KafkaException) and error.args else None
@@ -181,7 +178,7 @@ class ConfluentSink(Sink):
     def send(self, topic: str, key: bytes, lines: Sequence[bytes], offsets: Sequence[int],
              wake: Wake) -> Sent:
         sent = Sent(0)
-        batch = BatchDelivery(sent.skipped, wake, self._delivered)
+        batch = BatchDelivery(sent.skipped, wake, self.health.available)
         produce = self.producer.produce
         path_header = ("path", key)
         host_header = ("host", self.host)
@@ -197,6 +194,7 @@ class ConfluentSink(Sink):
                 sent.count += 1
         except BufferError:
             sent.unavailable = "librdkafka's queue is full"
+            self.health.unavailable("queue_full", sent.unavailable)
         except KafkaException as exc:
             raise SinkError(f"topic={topic}: send failed: {_describe(exc)}") from None
         if sent.handed_over:

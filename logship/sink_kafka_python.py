@@ -44,11 +44,13 @@ MANAGED = {
     "compression_type": "kafka.compression",
     "acks": "nothing: logship always uses acks=all",
     "enable_idempotence": "nothing: logship always uses idempotence",
+    "delivery_timeout_ms": "nothing: lines are held until Kafka takes them",
     "key_serializer": "nothing: keys are the file paths",
     "partitioner": "nothing: records are partitioned by their key, the file's path",
     "value_serializer": "nothing: values are the lines",
 }
 DEFAULTS = {"linger_ms": 5, "batch_size": 256 * 1024}
+HELD = 2**31 - 1        # delivery_timeout_ms: an outage holds lines, it never fails them
 
 
 class KeyCachingPartitioner(DefaultPartitioner):
@@ -115,6 +117,7 @@ class KafkaPythonSink(Sink):
                 bootstrap_servers=list(config.bootstrap_servers),
                 api_version=tuple(int(p) for p in config.api_version.split(".")),
                 acks="all",
+                delivery_timeout_ms=HELD,
                 max_block_ms=config.max_block_ms,
                 max_request_size=config.max_request_size,
                 compression_type=compression,
@@ -131,8 +134,11 @@ class KafkaPythonSink(Sink):
         sent = Sent(self._generation)
         futures = self._produce(self._producer, sent, topic, key, lines, offsets)
         if futures:
+            futures[-1].add_callback(lambda _: self.health.available())
             futures[-1].add_both(lambda _: wake())
             sent.delivery = FutureDelivery(futures, sent.skipped)
+        if sent.unavailable:
+            self.health.unavailable("metadata")
         return sent
 
     def _produce(self, producer: KafkaProducer, sent: Sent, topic: str, key: bytes,

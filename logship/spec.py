@@ -75,6 +75,9 @@ def _js(value: Any) -> str:
     return shown(json.dumps(value, ensure_ascii=False, default=repr))
 
 
+_GLOB = re.compile(r"[*?\[]")
+
+
 def _check_path(path: Any) -> str:
     if not isinstance(path, str) or not os.path.isabs(path):
         raise ValueError(f"path: must be an absolute path, got {_js(path)}")
@@ -86,6 +89,9 @@ def _check_path(path: Any) -> str:
         raise ValueError(f"path: not valid UTF-8 (a lone surrogate escape): {_js(path)}") from None
     if len(encoded) > PATH_MAX:
         raise ValueError(f"path: longer than {PATH_MAX} bytes: {_js(path)}")
+    if _GLOB.search(path):
+        raise ValueError(f"path: glob patterns (*, ?, [) are not supported yet; name each file: "
+                         f"{_js(path)}")
     return os.path.normpath(path)
 
 

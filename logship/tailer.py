@@ -251,7 +251,8 @@ class Tailer:
         stale = [cp for cp in saved if not self._reopen(cp, now)]
         if self.current is None:
             at_end = not saved and read_from == "end"
-            self._open_current(now, at_end=at_end)
+            if not self._open_current(now, at_end=at_end):
+                log.info("path=%s does not exist yet; waiting for it", self.path)
         return stale
 
     def _reopen(self, saved: FileCheckpoint, now: float) -> bool:
@@ -342,7 +343,11 @@ class Tailer:
         offset = _end_of_last_line(fd) if at_end else 0
         self.current = FollowedFile(self.path, fd, offset, now)
         self.opened.append(self.current)
-        log.info("path=%s opened at offset %d", self.path, offset)
+        if offset:
+            log.info("path=%s opened at offset %d (read_from: end; the %d bytes already there "
+                     "are not shipped)", self.path, offset, offset)
+        else:
+            log.info("path=%s opened at offset 0", self.path)
         return True
 
     def closable(self, now: float) -> list[FollowedFile]:

@@ -19,6 +19,7 @@ from logship.checkpoint import CheckpointStore
 from logship.config import FilesConfig
 from logship.errors import SinkError
 from logship.fswatch import MISSING, DirWatcher, Subscription
+from logship.logs import plural
 from logship.metrics import Metrics
 from logship.sink import Sent, Sink
 from logship.spec import Target
@@ -44,6 +45,7 @@ class InFlight:
     lines: list[bytes]
     offsets: list[int]
     sent: Sent
+    sent_at: float
     nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -111,6 +113,7 @@ class Worker(Service):
     def _follow(self, tailer: Tailer, subscription: Subscription) -> None:
         while not self.stopping.is_set():
             self._collect()
+            self._stalled()
             if self._full():
                 self._wait(self._files.poll_interval)
             elif self._queued is not None:
@@ -129,8 +132,8 @@ class Worker(Service):
             return False
         if chunk.truncated:
             self._truncated.inc(chunk.truncated)
-            log.warning("%s: %d line(s) longer than files.max_line_bytes truncated", self.target,
-                        chunk.truncated)
+            log.warning("%s: %s longer than files.max_line_bytes truncated", self.target,
+                        plural(chunk.truncated, "line", "lines"))
         if chunk.lines:
             self._queued, self._queued_at = chunk, 0
         return True
@@ -179,7 +182,7 @@ class Worker(Service):
             self._queued = None
         if sent.count:
             self._track(InFlight(chunk.file, end_offset, chunk.lines[start:stop],
-                                 chunk.offsets[start:stop], sent))
+                                 chunk.offsets[start:stop], sent, time.monotonic()))
         self._kafka_state(sent.unavailable)
 
     def _track(self, batch: InFlight) -> None:
@@ -188,24 +191,28 @@ class Worker(Service):
         self._read_lines.inc(len(batch.lines))
         if sent.skipped:
             self._too_large.inc(len(sent.skipped))
-            log.error("%s: %d line(s) larger than kafka.max_request_size skipped", self.target,
-                      len(sent.skipped))
+            log.error("%s: %s larger than kafka.max_request_size skipped", self.target,
+                      plural(len(sent.skipped), "line", "lines"))
         self._pending.append(batch)
         self._pending_lines += sent.handed_over
         self._pending_bytes += nbytes
         self._sink.budget.take(nbytes)
 
     def _kafka_state(self, unavailable: str | None) -> None:
-        """While Kafka cannot take records, hold the lines and retry with backoff."""
+        """While Kafka cannot take records, hold the lines and retry with backoff (the
+        sink's KafkaHealth says so, once for the agent)."""
         if unavailable is None:
-            if self._outage is not None:
-                log.info("%s: Kafka available again", self.target)
-                self._outage = None
+            self._outage = None
             return
         if self._outage is None:
             self._outage = Backoff(base=0.5, cap=5.0)
-            log.warning("%s: %s; holding lines and retrying", self.target, unavailable)
         self.stopping.wait(self._outage.next_delay(0.0))
+
+    def _stalled(self) -> None:
+        """Kafka may take records and acknowledge none: the clients would fail them only
+        much later (or never, lines being held), so the oldest batch's age is what tells."""
+        if self._pending:
+            self._sink.health.stalled(self._pending[0].sent_at)
 
     def _collect(self) -> None:
         """Pop acknowledged batches in send order and publish the offsets they reach."""
@@ -226,7 +233,7 @@ class Worker(Service):
         other = [error for _, error in failures if not self._sink.is_too_large(error)]
         if other:
             self._errors.inc(len(failures))
-            raise SinkError(f"{self.target}: Kafka did not acknowledge {len(failures)} line(s): "
+            raise SinkError(f"{self.target}: Kafka did not acknowledge {plural(len(failures), 'line', 'lines')}: "
                             f"{other[0]}; resending from offset {batch.file.acked_offset}")
         delivered = batch.sent.handed_over - len(failures)
         if failures:
@@ -244,8 +251,8 @@ class Worker(Service):
                                          [batch.offsets[i] for i in indices], RESEND_TIMEOUT)
         if resent.too_large:
             self._too_large.inc(resent.too_large)
-            log.error("%s: %d line(s) refused by the broker as too large; skipped", self.target,
-                      resent.too_large)
+            log.error("%s: %s refused by the broker as too large; skipped", self.target,
+                      plural(resent.too_large, "line", "lines"))
         return resent.delivered
 
     def _publish(self, files) -> None:
@@ -267,5 +274,5 @@ class Worker(Service):
             self._wake.clear()
             self._collect()
         if self._pending:
-            log.warning("%s: %d line(s) not acknowledged at stop; they will be sent again",
-                        self.target, self._pending_lines)
+            log.warning("%s: %s not acknowledged at stop; they will be sent again",
+                        self.target, plural(self._pending_lines, "line", "lines"))

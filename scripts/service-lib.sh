@@ -20,10 +20,15 @@ service_start() {
 
 service_stop() {
   local pidfile="$dir/$NAME.pid" pid
-  [ -f "$pidfile" ] || return 0
+  [ -f "$pidfile" ] || { echo "$NAME on 127.0.0.1:$port: not started by make run (no $pidfile)"; return 0; }
   pid=$(cat "$pidfile")
-  kill "$pid" 2>/dev/null || true
+  if ! kill "$pid" 2>/dev/null; then
+    echo "$NAME on 127.0.0.1:$port: was not running"
+    rm -f "$pidfile"
+    return 0
+  fi
   for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
   kill -9 "$pid" 2>/dev/null || true
   rm -f "$pidfile"
+  echo "$NAME on 127.0.0.1:$port stopped (pid $pid; data kept in $dir)"
 }

@@ -51,6 +51,16 @@ def free_port_pair() -> int:
             return port
 
 
+def free_port(avoid: set[int]) -> int:
+    """A free port that is none of `avoid` (ports chosen but not bound yet)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in avoid:
+            return port
+
+
 def _free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -96,7 +106,9 @@ class Service:
 
     def ready(self) -> bool:
         if self.proc.poll() is not None:
-            raise AssertionError(f"{self.script} exited with {self.proc.returncode}")
+            logs = [self.data_dir.with_suffix(".log"), self.data_dir / "kafka.log"]
+            tail = "".join(p.read_text(errors="replace")[-3000:] for p in logs if p.exists())
+            raise AssertionError(f"{self.script} exited with {self.proc.returncode}:\n{tail}")
         return port_open(self.port)
 
     def stop(self) -> None:
@@ -203,7 +215,8 @@ class SecureKafka(Kafka):
 
     def __init__(self, data_dir: Path, certificates: Certificates) -> None:
         super().__init__(data_dir)
-        self.ssl_port, self.sasl_port = free_port_pair(), free_port_pair()
+        self.ssl_port = free_port({self.port, self.port + 1})
+        self.sasl_port = free_port({self.port, self.port + 1, self.ssl_port})
         extra = data_dir.with_suffix(".properties")
         extra.write_text(SECURE_PROPERTIES.format(
             port=self.port, controller=self.port + 1, ssl=self.ssl_port, sasl=self.sasl_port,

@@ -6,6 +6,7 @@ Each test prints how many duplicates it saw; only loss fails a test.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 
@@ -206,7 +207,10 @@ def test_kafka_unreachable_at_start(etcd, own_kafka, make_agent, reader, key, to
     log.write_bytes(numbered(0, 100))
     etcd.put(key, [entry(log, topic, read_from="beginning")])
     agent = make_agent(etcd, own_kafka, [key]).start()
-    agent.wait_log("Kafka unavailable.*holding lines", timeout=60)
+    agent.wait_log(rf"Kafka unavailable \({own_kafka.address}\): {own_kafka.address}: "
+                   r"connection refused; holding lines", timeout=60)
+    assert agent.metric("logship_kafka_up") == 0
+    assert re.search(r'logship_kafka_errors_total\{reason="\w+"\} [1-9]', agent.scrape())
     own_kafka.start()
     topic_reader = reader(topic, own_kafka)
     topic_reader.wait_for(has_all(100), 120, "lines written before Kafka started")
@@ -231,11 +235,16 @@ def test_kafka_outage_of_15_seconds(etcd, own_kafka, make_agent, reader, key, to
     own_kafka.stop()
     stopped_at = writer.written
     rss_before = rss_bytes(agent.proc.pid)
+    agent.wait_log(rf"Kafka unavailable \({own_kafka.address}\): {own_kafka.address}.*; holding lines")
+    assert agent.metric("logship_kafka_up") == 0
     wait_until(lambda: writer.written >= stopped_at + 15 * rate, 60, "15 s of writes")
     rss_during = rss_bytes(agent.proc.pid)
     own_kafka.start()
     writer.join()
     topic_reader.wait_for(has_all(total), 240, f"all {total} numbers")
+    agent.wait_log(r"Kafka available again after \d+s")
+    assert agent.metric("logship_kafka_up") == 1
+    assert "restarting in" not in agent.log()
     print(f"\n[kafka outage] agent RSS {rss_before >> 20} MiB before, {rss_during >> 20} MiB "
           f"after 15 s of writes with Kafka down")
     assert rss_during - rss_before < 64 * 1024 * 1024

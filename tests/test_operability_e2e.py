@@ -1,0 +1,113 @@
+"""What an operator meets first: HTTP endpoints, one agent per state_dir, the etcd-value
+traps and the command line, through the real `logship run` and CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+
+from harness import Agent, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def logship(*args, stdin: bytes | None = None):
+    return subprocess.run([sys.executable, "-m", "logship", *args], input=stdin,
+                          capture_output=True, timeout=60)
+
+
+def http_status(agent: Agent, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://{agent.config['metrics']['listen']}{path}") as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_http_answers_404_off_its_paths_and_healthz_reports_state_saving(
+        etcd, kafka, make_agent, key, topic, tmp_path):
+    log = tmp_path / "app.log"
+    etcd.put(key, [{"path": str(log), "topic": topic, "read_from": "beginning"}])
+    agent = make_agent(etcd, kafka, [key]).start()
+    agent.wait_log(f"worker started path={log}")
+    assert http_status(agent, "/nonsense")[0] == 404
+    assert http_status(agent, "/healthz") == (200, "ok\n")
+    metrics = agent.scrape()
+    assert "process_cpu_seconds_total" in metrics and "logship_build_info{" in metrics
+    assert "_created" not in metrics
+    blocker = tmp_path / "state" / "checkpoints.tmp"   # the save's temp file cannot be made
+    blocker.mkdir()
+    log.write_bytes(b"one\n")                           # a new offset to save
+    wait_until(lambda: http_status(agent, "/healthz")[0] == 503, 10, "/healthz to turn 503")
+    assert "cannot save checkpoints" in http_status(agent, "/healthz")[1]
+    assert agent.metric("logship_checkpoint_save_errors_total") >= 1
+    blocker.rmdir()
+    wait_until(lambda: http_status(agent, "/healthz")[0] == 200, 10, "/healthz to recover")
+    agent.wait_log("checkpoints saved to .* again")
+    assert [c["offset"] for c in agent.checkpoints()] == [4]
+
+
+def test_a_second_agent_on_the_same_state_dir_refuses_naming_the_first(etcd, kafka, make_agent,
+                                                                      key, tmp_path):
+    first = make_agent(etcd, kafka, [key]).start()
+    first.wait_log("agent started")
+    second = logship("run", "--config", str(first.config_path))
+    assert second.returncode == 1
+    assert f"in use by another logship agent (pid {first.proc.pid})" in second.stderr.decode()
+    first.kill()                                        # the lock dies with its holder
+    restarted = make_agent(etcd, kafka, [key]).start()
+    restarted.wait_log("agent started")
+
+
+def test_messages_for_a_missing_file_and_for_bytes_skipped_at_read_from_end(
+        etcd, kafka, make_agent, key, topic, tmp_path):
+    missing, existing = tmp_path / "later.log", tmp_path / "existing.log"
+    existing.write_bytes(b"old line\n" * 3)
+    etcd.put(key, [{"path": str(missing), "topic": topic}, {"path": str(existing), "topic": topic}])
+    agent = make_agent(etcd, kafka, [key]).start()
+    text = agent.wait_log(f"path={existing} opened at offset 27")
+    agent.wait_log(f"path={missing} does not exist yet; waiting for it")
+    assert "(read_from: end; the 27 bytes already there are not shipped)" in agent.log()
+    assert text.count(f"path={missing} does not exist yet") == 1
+
+
+@pytest.fixture
+def cli_config(etcd, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "etcd": {"endpoints": [etcd.address], "keys": ["watched"]},
+        "kafka": {"bootstrap_servers": ["127.0.0.1:9"]},
+        "allowed_paths": [str(tmp_path) + "/**"]}))
+    return path
+
+
+def test_put_warns_about_an_unwatched_key_and_delete_removes_a_key(etcd, cli_config, tmp_path):
+    value = f'[{{"path": "{tmp_path}/a.log", "topic": "t"}}]'.encode()
+    put = logship("put", "--config", str(cli_config), "typo", "-", stdin=value)
+    assert put.returncode == 0
+    assert "key=typo is not in etcd.keys" in put.stderr.decode() and "(watched)" in put.stderr.decode()
+    assert put.stdout.decode() == "key=typo: wrote 1 entry\n"
+    deleted = logship("delete", "--config", str(cli_config), "typo")
+    assert deleted.returncode == 0 and deleted.stdout.decode() == "key=typo: deleted\n"
+    assert logship("get", "--config", str(cli_config), "typo").returncode == 1
+    again = logship("delete", "--config", str(cli_config), "typo")
+    assert again.returncode == 1 and "key=typo: not found" in again.stderr.decode()
+
+
+def test_a_glob_in_a_path_is_refused_until_globs_are_supported(etcd, cli_config, tmp_path):
+    value = f'[{{"path": "{tmp_path}/*.log", "topic": "t"}}]'.encode()
+    put = logship("put", "--config", str(cli_config), "watched", "-", stdin=value)
+    assert put.returncode == 1
+    assert "glob patterns (*, ?, [) are not supported yet" in put.stderr.decode()
+
+
+def test_version_and_help_describe_the_tool():
+    version = logship("--version")
+    assert version.returncode == 0 and version.stdout.decode().startswith("logship 0.")
+    help_text = logship("--help").stdout.decode()
+    assert "ships every line to Kafka" in help_text and "delete" in help_text
