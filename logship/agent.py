@@ -50,6 +50,17 @@ def load(path: Path, strict: bool = False) -> Config:
     return config
 
 
+def describe_changes(old: Config, new: Config) -> str:
+    """What a reload changes, as an operator names it: sections, and keys added/removed."""
+    parts = [name for name in ("etcd", "kafka", "files", "logs", "allowed_paths", "state_dir",
+                               "metrics_listen")
+             if getattr(old, name) != getattr(new, name)]
+    added = [k for k in new.etcd.keys if k not in old.etcd.keys]
+    removed = [k for k in old.etcd.keys if k not in new.etcd.keys]
+    parts += [f"key {k} added" for k in added] + [f"key {k} removed" for k in removed]
+    return "changed " + ", ".join(parts)
+
+
 class Agent:
     def __init__(self, config_path: Path, config: Config) -> None:
         self.config_path = config_path
@@ -58,7 +69,7 @@ class Agent:
         self.store = CheckpointStore(config.state_dir, self.metrics.checkpoint_errors.inc)
         self._state_lock = StateLock(config.state_dir)
         self.watcher = DirWatcher()
-        self.sink = self._adopt_sink(open_sink(config.kafka, HOST))
+        self.sink = self._adopt_sink(open_sink(config.kafka, HOST, self._kafka_error))
         self.source = EtcdSource(config.etcd)
         self._lock = threading.Lock()
         self._declared: dict[str, tuple[Target, ...]] = {}
@@ -164,8 +175,10 @@ class Agent:
     def _adopt_sink(self, sink: Sink) -> Sink:
         self.metrics.in_flight_bytes.set_function(lambda: sink.budget.used)
         self.metrics.kafka_up.set_function(lambda: int(sink.health.up))
-        sink.health.on_error = lambda reason: self.metrics.kafka_errors.labels(reason).inc()
         return sink
+
+    def _kafka_error(self, reason: str) -> None:
+        self.metrics.kafka_errors.labels(reason).inc()
 
     def _new_manager(self, key: str) -> Manager:
         return Manager(key, self.source, self.config.allowed_paths, self.declare, self.metrics,
@@ -197,23 +210,31 @@ class Agent:
     def reload(self) -> None:
         """Apply config.yaml again; a config that fails keeps the running one."""
         try:
-            new = load(self.config_path)
-            sink = open_sink(new.kafka, HOST) if new.kafka != self.config.kafka else self.sink
+            # Strict: a misspelt setting would silently reset the real one to its default.
+            new = load(self.config_path, strict=True)
+            sink = open_sink(new.kafka, HOST, self._kafka_error) \
+                if new.kafka != self.config.kafka else self.sink
         except ConfigError as exc:
             self.metrics.config_reloads.labels("error").inc()
             log.error("config reload refused, keeping the running config: %s", exc)
             return
-        for warning in new.warnings:
-            log.warning("config: %s", warning)
         if new == self.config:
             self.metrics.config_reloads.labels("unchanged").inc()
             log.info("config reloaded: unchanged")
             return
-        self._apply(new, sink)
+        changes = describe_changes(self.config, new)
+        before = self.workers.keys()
+        restarted = self._apply(new, sink)
+        self._reconcile_workers()
+        after = self.workers.keys()
         self.metrics.config_reloads.labels("ok").inc()
-        log.info("config reloaded from %s", self.config_path)
+        log.info("config reloaded from %s: %s; workers: %d started, %d stopped%s (files of "
+                 "added keys start as their values are read)", self.config_path, changes,
+                 len(after - before), len(before - after),
+                 f", {len(before & after)} restarted" if restarted else "")
 
-    def _apply(self, new: Config, sink: Sink) -> None:
+    def _apply(self, new: Config, sink: Sink) -> bool:
+        """True when the running workers were restarted (their settings changed)."""
         old = self.config
         self.config = new
         if new.state_dir != old.state_dir:
@@ -221,7 +242,9 @@ class Agent:
         if new.metrics_listen != old.metrics_listen:
             self._stop_metrics()
             self._start_metrics()
-        if sink is not self.sink or new.files != old.files or new.allowed_paths != old.allowed_paths:
+        restart = sink is not self.sink or new.files != old.files \
+            or new.allowed_paths != old.allowed_paths
+        if restart:
             self.workers.stop_all()
             if sink is not self.sink:
                 self.sink.close(timeout=2.0)
@@ -236,6 +259,7 @@ class Agent:
             for key in set(self._declared) - set(new.etcd.keys) - {STATIC_OWNER}:
                 del self._declared[key]
         self.declare(STATIC_OWNER, new.logs)
+        return restart
 
     # -- shutdown ---------------------------------------------------------------------
 

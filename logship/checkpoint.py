@@ -182,7 +182,9 @@ class StateLock:
 
 def prepare_state_dir(state_dir: Path) -> None:
     """state_dir lists every shipped path: 0700, like Filebeat's data path. An existing
-    directory of ours that is looser is tightened (said once, in the log)."""
+    directory of ours that is looser is tightened (said once, in the log). A file is
+    written and removed to prove it usable: a state_dir that takes no file would lose
+    every offset (permissions say little for root, nothing for procfs)."""
     try:
         state_dir.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
         st = state_dir.stat()
@@ -190,6 +192,10 @@ def prepare_state_dir(state_dir: Path) -> None:
             os.chmod(state_dir, STATE_DIR_MODE)
             log.info("state_dir %s: mode tightened from %o to %o", state_dir,
                      stat.S_IMODE(st.st_mode), STATE_DIR_MODE)
+        probe = state_dir / f".write-test-{os.getpid()}"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         STATE_FILE_MODE))
+        probe.unlink()
     except OSError as exc:
         raise ConfigError(f"state_dir {state_dir}: cannot be created or used: "
                           f"{exc.strerror}") from None

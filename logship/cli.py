@@ -12,15 +12,18 @@ import logging
 import signal
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from logship import __version__, logs
 from logship.logs import plural
 from logship.agent import Agent, load
-from logship.config import Config
+from logship.checkpoint import prepare_state_dir
+from logship.config import Config, EtcdConfig
 from logship.errors import EtcdUnavailable, LogshipError, SpecError
 from logship.etcd_source import ETCD_ERRORS, EtcdSession, EtcdSource, describe
+from logship.sink import reach_broker
 from logship.spec import parse_value
 
 log = logging.getLogger("logship")
@@ -51,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     command("run", run, "ship files until SIGTERM or SIGINT")
-    command("check", check, "validate the config")
+    check_command = command("check", check, "validate the config")
+    check_command.add_argument("--connect", action="store_true",
+                               help="also reach every etcd endpoint and Kafka broker")
     put = command("put", put_value, "validate a JSON value and write it to etcd")
     put.add_argument("key")
     put.add_argument("file", help="a JSON file, or - for standard input")
@@ -92,9 +97,43 @@ def run(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace) -> int:
     config = load(args.config, strict=True)
+    prepare_state_dir(config.state_dir)
     print(f"{args.config}: ok ({plural(len(config.etcd.keys), 'etcd key', 'etcd keys')}, "
           f"{plural(len(config.logs), 'static entry', 'static entries')})")
+    if args.connect and not _connect(config):
+        raise LogshipError("not every endpoint answered")
     return 0
+
+
+def _connect(config: Config) -> bool:
+    """Filebeat's `test output`: one line per etcd endpoint and Kafka broker."""
+    results = []
+    for host, port in config.etcd.endpoints:
+        one = replace(config.etcd, endpoints=((host, port),))
+        results.append(_reach(f"etcd {host}:{port}", lambda: _etcd_version(one)))
+    for broker in config.kafka.bootstrap_servers:
+        results.append(_reach(f"kafka {broker} ({config.kafka.client})",
+                              lambda: reach_broker(config.kafka, broker)))
+    return all(results)
+
+
+def _etcd_version(config: EtcdConfig) -> str:
+    session = EtcdSource(config).connect()
+    try:
+        return f"etcd {session.version()}"
+    finally:
+        session.close()
+
+
+def _reach(what: str, attempt: Callable[[], str]) -> bool:
+    try:
+        answer = attempt()
+    except (LogshipError, *ETCD_ERRORS) as exc:
+        cause = str(exc) if isinstance(exc, LogshipError) else describe(exc)
+        print(f"{what}: FAILED: {logs.shown(cause)}")
+        return False
+    print(f"{what}: ok, {answer}")
+    return True
 
 
 def put_value(args: argparse.Namespace) -> int:

@@ -361,6 +361,9 @@ def load_config(path: str | os.PathLike, strict: bool = False) -> Config:
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path.absolute()}: no such file; run from the folder that holds "
+                          f"config.yaml, or name it with --config PATH") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:

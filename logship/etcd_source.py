@@ -67,6 +67,9 @@ class EtcdSession:
         """A cheap call with a timeout: notices a server that hangs without an error."""
         self._client.status()
 
+    def version(self) -> str:
+        return self._client.status().version
+
     def put(self, key: str, value: bytes) -> None:
         self._client.put(key, value)
 

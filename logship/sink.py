@@ -18,12 +18,15 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
+from logship.errors import SinkError
+
 if TYPE_CHECKING:
     from logship.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 
 Wake = Callable[[], None]
+OnError = Callable[[str], None]     # an outage reported, by reason; set before any client runs
 REPEAT_EVERY = 60.0
 STALL_AFTER = 10.0
 PROBE_TIMEOUT = 1.0
@@ -88,10 +91,10 @@ class KafkaHealth:
     is never a worker crash. The clients' own messages name neither the brokers nor the
     cause, so the cause is found by connecting to each broker."""
 
-    def __init__(self, brokers: tuple[str, ...]) -> None:
+    def __init__(self, brokers: tuple[str, ...], on_error: OnError) -> None:
         self.brokers = brokers
         self.up = True
-        self.on_error: Callable[[str], None] = lambda reason: None
+        self.on_error = on_error
         self._down_since: float | None = None
         self._said_at = 0.0
         self._acked_at = time.monotonic()
@@ -138,28 +141,31 @@ class KafkaHealth:
 
 def probe(brokers: tuple[str, ...]) -> str:
     """Why Kafka cannot be reached, broker by broker: refused, name, timeout."""
-    causes = []
-    for broker in brokers:
-        host, _, port = broker.rpartition(":")
-        try:
-            socket.create_connection((host.strip("[]"), int(port)), PROBE_TIMEOUT).close()
-            causes.append(f"{broker} accepts connections but does not acknowledge")
-        except socket.gaierror:
-            causes.append(f"{broker}: name does not resolve")
-        except socket.timeout:
-            causes.append(f"{broker}: connection timed out")
-        except OSError as exc:
-            causes.append(f"{broker}: {(exc.strerror or str(exc)).lower()}")
-    return "; ".join(causes)
+    silent = "accepts connections but does not acknowledge"
+    return "; ".join(f"{broker}: {tcp_failure(broker) or silent}" for broker in brokers)
+
+
+def tcp_failure(broker: str) -> str | None:
+    """Why a TCP connection to host:port fails, or None when it succeeds."""
+    host, _, port = broker.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), PROBE_TIMEOUT).close()
+    except socket.gaierror:
+        return "name does not resolve"
+    except socket.timeout:
+        return "connection timed out"
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
+    return None
 
 
 class Sink(ABC):
     """One shared producer for the whole agent."""
 
-    def __init__(self, config: KafkaConfig, host: bytes) -> None:
+    def __init__(self, config: KafkaConfig, host: bytes, on_error: OnError) -> None:
         self.config = config
         self.budget = InFlightBudget(config.buffer_bytes)
-        self.health = KafkaHealth(config.bootstrap_servers)
+        self.health = KafkaHealth(config.bootstrap_servers, on_error)
         self.host = host
 
     @abstractmethod
@@ -220,13 +226,13 @@ def headers(key: bytes, host: bytes, offset: int) -> list[tuple[str, bytes]]:
     return [("path", key), ("host", host), ("offset", b"%d" % offset)]
 
 
-def open_sink(config: KafkaConfig, host: bytes) -> Sink:
+def open_sink(config: KafkaConfig, host: bytes, on_error: OnError) -> Sink:
     """The configured client's sink; the optional client is imported only when chosen."""
     if config.client == "confluent-kafka":
         from logship.sink_confluent import ConfluentSink
-        return ConfluentSink(config, host)
+        return ConfluentSink(config, host, on_error)
     from logship.sink_kafka_python import KafkaPythonSink
-    return KafkaPythonSink(config, host)
+    return KafkaPythonSink(config, host, on_error)
 
 
 def check_settings(config: KafkaConfig) -> None:
@@ -236,3 +242,15 @@ def check_settings(config: KafkaConfig) -> None:
     else:
         from logship.sink_kafka_python import check_producer_settings
     check_producer_settings(config)
+
+
+def reach_broker(config: KafkaConfig, broker: str, timeout: float = 5.0) -> str:
+    """`logship check --connect`: what the broker answered, or SinkError with the cause."""
+    cause = tcp_failure(broker)
+    if cause is not None:
+        raise SinkError(cause)
+    if config.client == "confluent-kafka":
+        from logship.sink_confluent import reach_broker as reach
+    else:
+        from logship.sink_kafka_python import reach_broker as reach
+    return reach(config, broker, timeout)

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from logship.errors import ConfigError, SinkError
-from logship.sink import (Resent, Sent, Sink, Wake, headers, line_failures, managed_security,
-                          security_settings)
+from logship.sink import (OnError, Resent, Sent, Sink, Wake, headers, line_failures,
+                          managed_security, security_settings)
 from logship.supervisor import Service
 
 if TYPE_CHECKING:
@@ -90,6 +90,16 @@ def check_producer_settings(config: KafkaConfig) -> None:
         raise ConfigError(f"kafka.producer: {_describe(exc)}") from None
 
 
+def reach_broker(config: KafkaConfig, broker: str, timeout: float) -> str:
+    """Fetch the cluster's metadata from this broker alone, with the configured security."""
+    producer = Producer(_settings(config, {"bootstrap.servers": broker, "log_level": 0}))
+    try:
+        metadata = producer.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise SinkError(_describe(exc)) from None
+    return f"cluster {metadata.cluster_id}, {len(metadata.brokers)} brokers"
+
+
 def _describe(exc: BaseException) -> str:
     error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
     return error.str() if error is not None else str(exc)
@@ -146,8 +156,8 @@ class _Poller(Service):
 
 
 class ConfluentSink(Sink):
-    def __init__(self, config: KafkaConfig, host: bytes) -> None:
-        super().__init__(config, host)
+    def __init__(self, config: KafkaConfig, host: bytes, on_error: OnError) -> None:
+        super().__init__(config, host, on_error)
         self._lock = threading.Lock()
         self._isolation: Producer | None = None
         self.producer = self._new_producer({"error_cb": self._on_error})

@@ -18,8 +18,8 @@ from kafka.partitioner.default import DefaultPartitioner
 from kafka.producer.future import FutureRecordMetadata
 
 from logship.errors import ConfigError, SinkError
-from logship.sink import (Resent, Sent, Sink, Wake, line_failures, managed_security,
-                          security_settings)
+from logship.sink import (OnError, Resent, Sent, Sink, Wake, line_failures,
+                          managed_security, security_settings)
 
 if TYPE_CHECKING:
     from logship.config import KafkaConfig
@@ -84,6 +84,22 @@ def check_producer_settings(config: KafkaConfig) -> None:
             raise ConfigError(f"{where}: not a kafka-python producer setting")
 
 
+def reach_broker(config: KafkaConfig, broker: str, timeout: float) -> str:
+    """Fetch the cluster's metadata from this broker alone, with the configured security."""
+    from kafka import KafkaConsumer
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=[broker], request_timeout_ms=int(timeout * 1000),
+                                 **security_settings(config, SECURITY))
+    except KafkaError as exc:
+        raise SinkError(str(exc)) from None
+    try:
+        return f"{len(consumer.topics())} topics"
+    except KafkaError as exc:
+        raise SinkError(str(exc)) from None
+    finally:
+        consumer.close()
+
+
 class FutureDelivery:
     """A batch's futures, in send order, beside the lines skipped at send time."""
 
@@ -100,8 +116,8 @@ class FutureDelivery:
 
 
 class KafkaPythonSink(Sink):
-    def __init__(self, config: KafkaConfig, host: bytes) -> None:
-        super().__init__(config, host)
+    def __init__(self, config: KafkaConfig, host: bytes, on_error: OnError) -> None:
+        super().__init__(config, host, on_error)
         self._lock = threading.Lock()
         self._producer = self._new_producer()
         self._generation = 0

@@ -233,8 +233,9 @@ class Worker(Service):
         other = [error for _, error in failures if not self._sink.is_too_large(error)]
         if other:
             self._errors.inc(len(failures))
-            raise SinkError(f"{self.target}: Kafka did not acknowledge {plural(len(failures), 'line', 'lines')}: "
-                            f"{other[0]}; resending from offset {batch.file.acked_offset}")
+            lines = plural(len(failures), "line", "lines")
+            raise SinkError(f"{self.target}: Kafka did not acknowledge {lines}: {other[0]}; "
+                            f"resending from offset {batch.file.acked_offset}")
         delivered = batch.sent.handed_over - len(failures)
         if failures:
             delivered += self._resend_refused(batch, [index for index, _ in failures])

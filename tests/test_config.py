@@ -60,8 +60,11 @@ def test_unknown_settings_warn_or_fail(tmp_path):
 
 
 def test_unreadable_and_empty_files(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match=f"{tmp_path}/missing.yaml: no such file; run from "
+                       "the folder that holds config.yaml, or name it with --config PATH"):
         load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="cannot read: Is a directory"):
+        load_config(tmp_path)
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     with pytest.raises(ConfigError, match="etcd.endpoints: required"):

@@ -111,3 +111,46 @@ def test_version_and_help_describe_the_tool():
     assert version.returncode == 0 and version.stdout.decode().startswith("logship 0.")
     help_text = logship("--help").stdout.decode()
     assert "ships every line to Kafka" in help_text and "delete" in help_text
+
+
+def test_check_in_the_wrong_folder_names_the_path_it_tried(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "logship", "check"], cwd=tmp_path,
+                            capture_output=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.decode() == (f"logship: error: {tmp_path}/config.yaml: no such file; run "
+                                      f"from the folder that holds config.yaml, or name it with "
+                                      f"--config PATH\n")
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
+def test_check_connect_reaches_every_endpoint_and_says_which_failed(etcd, kafka, tmp_path, client):
+    path = tmp_path / "config.yaml"
+    config = {"etcd": {"endpoints": [etcd.address], "keys": ["k"]},
+              "kafka": {"bootstrap_servers": [kafka.address], "client": client}}
+    path.write_text(yaml.safe_dump(config))
+    good = logship("check", "--connect", "--config", str(path))
+    assert good.returncode == 0, good.stderr
+    lines = good.stdout.decode().splitlines()
+    assert lines[1].startswith(f"etcd {etcd.address}: ok, etcd 3.")
+    assert lines[2].startswith(f"kafka {kafka.address} ({client}): ok, ")
+    config["etcd"]["endpoints"].append("127.0.0.1:1")
+    config["kafka"]["bootstrap_servers"].append("127.0.0.1:2")
+    path.write_text(yaml.safe_dump(config))
+    bad = logship("check", "--connect", "--config", str(path))
+    assert bad.returncode == 1
+    out = bad.stdout.decode()
+    assert "etcd 127.0.0.1:1: FAILED: " in out
+    assert f"kafka 127.0.0.1:2 ({client}): FAILED: connection refused" in out
+    assert f"kafka {kafka.address} ({client}): ok" in out
+
+
+@pytest.mark.parametrize("state_dir", ["/proc/logship-state", "/proc/self"])
+def test_check_and_run_refuse_a_state_dir_that_takes_no_file(etcd, kafka, tmp_path, state_dir):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"etcd": {"endpoints": [etcd.address], "keys": ["k"]},
+                                    "kafka": {"bootstrap_servers": [kafka.address]},
+                                    "state_dir": state_dir}))
+    for command in ("check", "run"):
+        result = logship(command, "--config", str(path))
+        assert result.returncode == 1
+        assert f"state_dir {state_dir}: cannot be created or used" in result.stderr.decode()

@@ -115,3 +115,23 @@ def test_changed_kafka_and_etcd_settings_rebuild_the_clients(
     topic_reader.wait_count(2)
     assert [r.value for r in topic_reader.settle(1.0)] == [b"before", b"after"]
     assert agent.log().count("agent started") == 1
+
+
+def test_a_misspelt_setting_refuses_the_reload_and_a_good_one_says_what_changed(
+        etcd, kafka, make_agent, key, topic, tmp_path):
+    log, static = tmp_path / "app.log", tmp_path / "static.log"
+    etcd.put(key, [entry(log, topic)])
+    agent = make_agent(etcd, kafka, [key]).start()
+    agent.wait_log(f"worker started path={log}")
+    config = copy.deepcopy(agent.config)
+    config["files"]["poll_intervall"] = 2               # misspelt: would reset poll_interval
+    agent.write_config(config)
+    agent.wait_log("config reload refused, keeping the running config: .*"
+                   "files.poll_intervall: unknown setting")
+    assert "worker stopped" not in agent.log()
+    config = copy.deepcopy(agent.config)
+    del config["files"]["poll_intervall"]
+    config["logs"] = [entry(static, topic)]
+    agent.write_config(config)
+    agent.wait_log(r"config reloaded from .*: changed logs; workers: 1 started, 0 stopped")
+    agent.wait_log(f"worker started path={static}")
