@@ -120,14 +120,6 @@ class Supervisor(Generic[K, S]):
             del self._waiting[child.key]
             self._start(child)
 
-    def restart_all(self) -> None:
-        """Stop and start every child at once, e.g. after its shared client was rebuilt."""
-        children = list(self._children.values())
-        self._stop(children)
-        self._waiting.clear()
-        for child in children:
-            self._start(child)
-
     def stop_all(self) -> None:
         self._stop(list(self._children.values()))
         self._children.clear()

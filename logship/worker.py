@@ -156,6 +156,7 @@ class Worker(Service):
         subscription.idle_state = MISSING if current is None else (*current.identity,
                                                                    current.read_pos)
         return None
+
     def _full(self) -> bool:
         return (self._pending_lines >= self._files.max_in_flight_lines
                 or self._pending_bytes >= self._files.max_in_flight_bytes
