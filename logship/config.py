@@ -7,7 +7,9 @@ adds a setting for a newer version must not take the agent down).
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +19,8 @@ import yaml
 from logship.errors import ConfigError
 from logship.logs import shown
 from logship.spec import Target, check_allowed, parse_entry, split_host_port
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ALLOWED_PATHS = ("/var/log/**",)
 CLIENTS = ("kafka-python", "confluent-kafka")
@@ -133,6 +137,34 @@ def _secret(value: Any, name: str) -> str:
     return value
 
 
+def _secret_field(section: _Section, key: str, base_dir: Path) -> str | None:
+    """A secret from one of three forms: inline `key`, `key_file` (a file holding it, its
+    trailing newline stripped) or `key_env` (an environment variable), so that
+    config.yaml itself need not hold it. More than one form is an error naming them."""
+    forms = [f for f in (key, f"{key}_file", f"{key}_env") if section.data.get(f) is not None]
+    for form in (key, f"{key}_file", f"{key}_env"):
+        section.used.add(form)
+    if len(forms) > 1:
+        raise ConfigError(f"{' and '.join(section.field(f) for f in forms)}: set only one")
+    if not forms:
+        return None
+    form = forms[0]
+    if form == key:
+        return section.get(key, _secret)
+    if form.endswith("_file"):
+        path = Path(section.get(form, _str))
+        try:
+            return (path if path.is_absolute() else base_dir / path).read_text().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{section.field(form)}: cannot read {shown(str(path))}: "
+                              f"{getattr(exc, 'strerror', None) or 'not UTF-8'}") from None
+    variable = section.get(form, _str)
+    if not os.environ.get(variable):
+        raise ConfigError(f"{section.field(form)}: environment variable {shown(variable)} is "
+                          f"not set or empty")
+    return os.environ[variable]
+
+
 def _number(minimum: float) -> Callable[[Any, str], float]:
     def convert(value: Any, name: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
@@ -204,9 +236,9 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any, str], str]:
     return convert
 
 
-def _etcd(section: _Section) -> EtcdConfig:
+def _etcd(section: _Section, base_dir: Path) -> EtcdConfig:
     _refuse_https_without_tls(section)
-    return EtcdConfig(
+    config = EtcdConfig(
         endpoints=section.get("endpoints", _list_of(_etcd_endpoint)),
         keys=section.get("keys", _list_of(_str)),
         timeout=section.get("timeout", _number(0.1), 5.0),
@@ -215,8 +247,12 @@ def _etcd(section: _Section) -> EtcdConfig:
         cert_key=section.get("cert_key", _str, None),
         cert_cert=section.get("cert_cert", _str, None),
         user=section.get("user", _str, None),
-        password=section.get("password", _secret, None),
+        password=_secret_field(section, "password", base_dir),
     )
+    if (config.user is None) != (config.password is None):
+        raise ConfigError(f"{section.field('user')} and {section.field('password')}: etcd "
+                          f"authentication needs both (password, password_file or password_env)")
+    return config
 
 
 def _refuse_https_without_tls(section: _Section) -> None:
@@ -237,7 +273,7 @@ def _readable_file(value: Any, name: str) -> str:
         raise ConfigError(f"{name}: cannot read {shown(path)}: {exc.strerror}") from None
 
 
-def _kafka(section: _Section) -> KafkaConfig:
+def _kafka(section: _Section, base_dir: Path) -> KafkaConfig:
     config = KafkaConfig(
         bootstrap_servers=section.get("bootstrap_servers", _list_of(_broker)),
         client=section.get("client", _one_of(CLIENTS), "kafka-python"),
@@ -254,7 +290,7 @@ def _kafka(section: _Section) -> KafkaConfig:
         ssl_keyfile=section.get("ssl_keyfile", _readable_file, None),
         sasl_mechanism=section.get("sasl_mechanism", _one_of(SASL_MECHANISMS), None),
         sasl_username=section.get("sasl_username", _str, None),
-        sasl_password=section.get("sasl_password", _secret, None),
+        sasl_password=_secret_field(section, "sasl_password", base_dir),
     )
     _check_kafka_security(config, section)
     return config
@@ -322,8 +358,8 @@ def parse_config(data: Any, base_dir: Path) -> Config:
                 for name in ("etcd", "kafka", "files", "metrics")}
     state_dir = Path(root.get("state_dir", _str, "state"))
     config = Config(
-        etcd=_etcd(sections["etcd"]),
-        kafka=_kafka(sections["kafka"]),
+        etcd=_etcd(sections["etcd"], base_dir),
+        kafka=_kafka(sections["kafka"], base_dir),
         files=_files(sections["files"]),
         logs=root.get("logs", _logs, ()),
         allowed_paths=root.get("allowed_paths", _list_of(_allowed_glob), DEFAULT_ALLOWED_PATHS),
@@ -380,4 +416,15 @@ def load_config(path: str | os.PathLike, strict: bool = False) -> Config:
         raise ConfigError(f"{path}: {exc}") from None
     if strict and config.warnings:
         raise ConfigError(f"{path}: " + "; ".join(config.warnings))
+    _warn_readable_secret(path, data)
     return config
+
+
+def _warn_readable_secret(path: Path, data: dict) -> None:
+    """An inline secret in a file that every user may read: say so, naming the field."""
+    inline = [f"{section}.{key}" for section, key in (("etcd", "password"),
+                                                      ("kafka", "sasl_password"))
+              if isinstance(data.get(section), dict) and data[section].get(key) is not None]
+    if inline and path.stat().st_mode & stat.S_IROTH:
+        log.warning("%s holds %s and is readable by every user: chmod 0640 it, or use "
+                    "%s_file / %s_env", path, " and ".join(inline), inline[0], inline[0])

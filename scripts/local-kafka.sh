@@ -55,7 +55,10 @@ java_cmd=(java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true
 format_storage() {
   [ -f "$dir/data/meta.properties" ] && return 0
   local id
-  id=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+  # A cluster id that starts with "-" would be read as an option: draw again.
+  id=$(python3 -c 'import base64, uuid
+while (i := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"): pass
+print(i)')
   "${java_cmd[@]}" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" \
     ${KAFKA_SCRAM:+--add-scram "$KAFKA_SCRAM"} >"$dir/format.log" 2>&1
 }

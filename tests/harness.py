@@ -106,7 +106,8 @@ class Service:
 
     def ready(self) -> bool:
         if self.proc.poll() is not None:
-            logs = [self.data_dir.with_suffix(".log"), self.data_dir / "kafka.log"]
+            logs = [self.data_dir.with_suffix(".log"), self.data_dir / "format.log",
+                    self.data_dir / "kafka.log"]
             tail = "".join(p.read_text(errors="replace")[-3000:] for p in logs if p.exists())
             raise AssertionError(f"{self.script} exited with {self.proc.returncode}:\n{tail}")
         return port_open(self.port)

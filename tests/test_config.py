@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from logship.config import DEFAULT_ALLOWED_PATHS, load_config, parse_config
 from logship.errors import ConfigError
@@ -133,3 +134,47 @@ def test_security_settings_under_the_client_names_are_refused(client, name):
     config = parse_config(kafka_with(client=client, producer={name: "x"}), Path("/"))
     with pytest.raises(ConfigError, match=rf"kafka.producer.{name}: managed by logship; set kafka\."):
         check_settings(config.kafka)
+
+
+def secret_config(tmp_path, **etcd):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"etcd": {"endpoints": ["e:1"], "keys": ["k"], **etcd},
+                                    "kafka": {"bootstrap_servers": ["b:1"]}}))
+    return path
+
+
+def test_a_secret_comes_inline_from_a_file_or_from_the_environment(tmp_path, monkeypatch):
+    (tmp_path / "etcd.pw").write_text("from-file\n")
+    monkeypatch.setenv("LOGSHIP_TEST_PW", "from-env")
+    forms = {"password": "inline", "password_file": "etcd.pw", "password_env": "LOGSHIP_TEST_PW"}
+    for form, value in forms.items():
+        config = load_config(secret_config(tmp_path, user="u", **{form: value}))
+        assert config.etcd.password == {"password": "inline", "password_file": "from-file",
+                                        "password_env": "from-env"}[form]
+
+
+@pytest.mark.parametrize("etcd, message", [
+    ({"user": "u", "password": "a", "password_file": "f"},
+     "etcd.password and etcd.password_file: set only one"),
+    ({"user": "u"}, "etcd.user and etcd.password: etcd authentication needs both"),
+    ({"password": "secret-4711"}, "etcd.user and etcd.password: etcd authentication needs both"),
+    ({"user": "u", "password_file": "missing.pw"}, "etcd.password_file: cannot read missing.pw"),
+    ({"user": "u", "password_env": "LOGSHIP_UNSET_VARIABLE"},
+     "etcd.password_env: environment variable LOGSHIP_UNSET_VARIABLE is not set"),
+])
+def test_secret_forms_that_cannot_work_are_refused_without_the_secret(tmp_path, etcd, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(secret_config(tmp_path, **etcd))
+    assert "secret-4711" not in str(error.value)
+
+
+def test_an_inline_secret_in_a_file_others_can_read_is_warned_about(tmp_path, caplog):
+    path = secret_config(tmp_path, user="u", password="secret-4711")
+    path.chmod(0o644)
+    load_config(path)
+    assert "holds etcd.password and is readable by every user" in caplog.text
+    assert "secret-4711" not in caplog.text
+    caplog.clear()
+    path.chmod(0o640)
+    load_config(path)
+    assert caplog.text == ""

@@ -5,6 +5,9 @@ records back through the broker's PLAINTEXT listener."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from conftest import CLIENTS
@@ -56,3 +59,30 @@ def test_both_clients_ship_over_tls_and_sasl(etcd, secure_kafka, certificates, m
         reader.close()
     assert sorted(r.value for r in records) == sorted(b"secure %d" % i for i in range(100))
     assert SCRAM_PASSWORD not in agent.log()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_sasl_password_from_a_file_ships_and_never_shows(etcd, secure_kafka, certificates,
+                                                          make_agent, key, topic, tmp_path, client):
+    (tmp_path / "sasl.pw").write_text(SCRAM_PASSWORD + "\n")
+    kafka_section = {**sasl_ssl_scram(secure_kafka, certificates), "client": client,
+                     "sasl_password_file": "sasl.pw"}
+    del kafka_section["sasl_password"]
+    log = tmp_path / "app.log"
+    log.write_bytes(b"")
+    etcd.put(key, [{"path": str(log), "topic": topic}])
+    agent = make_agent(etcd, secure_kafka, [key], kafka=kafka_section)
+    check = subprocess.run([sys.executable, "-m", "logship", "check", "--connect", "--config",
+                            str(agent.config_path)], capture_output=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"kafka 127.0.0.1:{secure_kafka.sasl_port} ({client}): ok" in check.stdout.decode()
+    agent.start().wait_log(f"worker started path={log}")
+    log.write_bytes(b"via a password file\n")
+    reader = TopicReader(secure_kafka, topic)
+    try:
+        assert [r.value for r in reader.wait_count(1, timeout=60)] == [b"via a password file"]
+    finally:
+        reader.close()
+    for text in (agent.log(), check.stdout.decode(), check.stderr.decode(),
+                 agent.config_path.read_text()):
+        assert SCRAM_PASSWORD not in text
