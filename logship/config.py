@@ -141,9 +141,9 @@ def _secret_field(section: _Section, key: str, base_dir: Path) -> str | None:
     """A secret from one of three forms: inline `key`, `key_file` (a file holding it, its
     trailing newline stripped) or `key_env` (an environment variable), so that
     config.yaml itself need not hold it. More than one form is an error naming them."""
-    forms = [f for f in (key, f"{key}_file", f"{key}_env") if section.data.get(f) is not None]
-    for form in (key, f"{key}_file", f"{key}_env"):
-        section.used.add(form)
+    names = (key, f"{key}_file", f"{key}_env")
+    section.used.update(names)
+    forms = [name for name in names if section.data.get(name) is not None]
     if len(forms) > 1:
         raise ConfigError(f"{' and '.join(section.field(f) for f in forms)}: set only one")
     if not forms:

@@ -11,7 +11,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, Sequence
 
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import (KafkaError, KafkaTimeoutError, MessageSizeTooLargeError,
                           RecordListTooLargeError)
 from kafka.partitioner.default import DefaultPartitioner
@@ -86,18 +86,16 @@ def check_producer_settings(config: KafkaConfig) -> None:
 
 def reach_broker(config: KafkaConfig, broker: str, timeout: float) -> str:
     """Fetch the cluster's metadata from this broker alone, with the configured security."""
-    from kafka import KafkaConsumer
+    consumer = None
     try:
         consumer = KafkaConsumer(bootstrap_servers=[broker], request_timeout_ms=int(timeout * 1000),
                                  **security_settings(config, SECURITY))
-    except KafkaError as exc:
-        raise SinkError(str(exc)) from None
-    try:
         return f"{len(consumer.topics())} topics"
     except KafkaError as exc:
         raise SinkError(str(exc)) from None
     finally:
-        consumer.close()
+        if consumer is not None:
+            consumer.close()
 
 
 class FutureDelivery:

@@ -44,10 +44,8 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, step:
 def free_port_pair() -> int:
     """A port whose successor is free too (the services use PORT+1 internally)."""
     while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < 65000 and _free(port) and _free(port + 1):
+        port = free_port(set())
+        if port < 65000 and _free(port + 1):
             return port
 
 
