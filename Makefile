@@ -11,11 +11,12 @@ KAFKA_PORT ?= 9092
 
 setup: system-packages venv kafka-jars
 
-# Debian packages for the local services: etcd, a JDK and Maven (Kafka's jars), and
-# openssl (the security tests make their own throw-away certificates).
+# Debian packages for the local services: etcd, a JDK and Maven (Kafka's jars), and for
+# the security tests openssl (throw-away certificates) and etcdctl (etcd users and roles).
 system-packages:
 	@missing=""; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
+	command -v etcdctl >/dev/null || missing="$$missing etcd-client"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \

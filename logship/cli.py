@@ -74,7 +74,7 @@ def _etcd(config: Config) -> Iterator[EtcdSession]:
     try:
         yield session
     except ETCD_ERRORS as exc:
-        raise EtcdUnavailable(f"etcd {session.endpoint}: {describe(exc)}") from None
+        raise EtcdUnavailable(f"etcd {session.explain(exc)}") from None
     finally:
         session.close()
 

@@ -154,7 +154,7 @@ def _secret_field(section: _Section, key: str, base_dir: Path) -> str | None:
     if form.endswith("_file"):
         path = Path(section.get(form, _str))
         try:
-            return (path if path.is_absolute() else base_dir / path).read_text().rstrip("\r\n")
+            return _resolved(path, base_dir).read_text().rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{section.field(form)}: cannot read {shown(str(path))}: "
                               f"{getattr(exc, 'strerror', None) or 'not UTF-8'}") from None
@@ -243,16 +243,33 @@ def _etcd(section: _Section, base_dir: Path) -> EtcdConfig:
         keys=section.get("keys", _list_of(_str)),
         timeout=section.get("timeout", _number(0.1), 5.0),
         probe_interval=section.get("probe_interval", _number(0.1), 5.0),
-        ca_cert=section.get("ca_cert", _str, None),
-        cert_key=section.get("cert_key", _str, None),
-        cert_cert=section.get("cert_cert", _str, None),
+        ca_cert=section.get("ca_cert", _readable_file(base_dir), None),
+        cert_key=section.get("cert_key", _readable_file(base_dir), None),
+        cert_cert=section.get("cert_cert", _readable_file(base_dir), None),
         user=section.get("user", _str, None),
         password=_secret_field(section, "password", base_dir),
     )
-    if (config.user is None) != (config.password is None):
-        raise ConfigError(f"{section.field('user')} and {section.field('password')}: etcd "
-                          f"authentication needs both (password, password_file or password_env)")
+    _both_or_neither(section, "user", config.user, "password", config.password,
+                     "etcd authentication needs both (password, password_file or password_env)")
+    _both_or_neither(section, "cert_cert", config.cert_cert, "cert_key", config.cert_key,
+                     "a client certificate needs both")
+    _needs(section, "user", config.user, "ca_cert", config.ca_cert,
+           "TLS: etcd3 sends its auth token only over TLS")
+    _needs(section, "cert_cert", config.cert_cert, "ca_cert", config.ca_cert,
+           "the CA that signed etcd's certificate")
     return config
+
+
+def _both_or_neither(section: _Section, name: str, value: Any, other: str, other_value: Any,
+                     why: str) -> None:
+    if (value is None) != (other_value is None):
+        raise ConfigError(f"{section.field(name)} and {section.field(other)}: {why}")
+
+
+def _needs(section: _Section, name: str, value: Any, other: str, other_value: Any,
+           why: str) -> None:
+    if value is not None and other_value is None:
+        raise ConfigError(f"{section.field(name)}: needs {section.field(other)} ({why})")
 
 
 def _refuse_https_without_tls(section: _Section) -> None:
@@ -264,13 +281,21 @@ def _refuse_https_without_tls(section: _Section) -> None:
                           f"{section.field('ca_cert')} (the CA that signed etcd's certificate)")
 
 
-def _readable_file(value: Any, name: str) -> str:
-    path = _str(value, name)
-    try:
-        with open(path, "rb"):
-            return path
-    except OSError as exc:
-        raise ConfigError(f"{name}: cannot read {shown(path)}: {exc.strerror}") from None
+def _readable_file(base_dir: Path) -> Callable[[Any, str], str]:
+    """A file the agent reads (a CA, a certificate, a key), relative to config.yaml's
+    folder like every path in it; unreadable is a config error, not a failed handshake."""
+    def convert(value: Any, name: str) -> str:
+        path = _resolved(Path(_str(value, name)), base_dir)
+        try:
+            with open(path, "rb"):
+                return str(path)
+        except OSError as exc:
+            raise ConfigError(f"{name}: cannot read {shown(str(path))}: {exc.strerror}") from None
+    return convert
+
+
+def _resolved(path: Path, base_dir: Path) -> Path:
+    return path if path.is_absolute() else base_dir / path
 
 
 def _kafka(section: _Section, base_dir: Path) -> KafkaConfig:
@@ -285,9 +310,9 @@ def _kafka(section: _Section, base_dir: Path) -> KafkaConfig:
         producer=section.get("producer", _mapping, ()),
         security_protocol=section.get("security_protocol", _one_of(SECURITY_PROTOCOLS),
                                       "PLAINTEXT"),
-        ssl_cafile=section.get("ssl_cafile", _readable_file, None),
-        ssl_certfile=section.get("ssl_certfile", _readable_file, None),
-        ssl_keyfile=section.get("ssl_keyfile", _readable_file, None),
+        ssl_cafile=section.get("ssl_cafile", _readable_file(base_dir), None),
+        ssl_certfile=section.get("ssl_certfile", _readable_file(base_dir), None),
+        ssl_keyfile=section.get("ssl_keyfile", _readable_file(base_dir), None),
         sasl_mechanism=section.get("sasl_mechanism", _one_of(SASL_MECHANISMS), None),
         sasl_username=section.get("sasl_username", _str, None),
         sasl_password=_secret_field(section, "sasl_password", base_dir),
@@ -307,9 +332,8 @@ def _check_kafka_security(config: KafkaConfig, section: _Section) -> None:
         if value is not None and protocol not in ("SSL", "SASL_SSL"):
             raise ConfigError(f"{section.field(name)}: needs {section.field('security_protocol')} "
                               f"SSL or SASL_SSL, got {protocol}")
-    if (config.ssl_certfile is None) != (config.ssl_keyfile is None):
-        raise ConfigError(f"{section.field('ssl_certfile')} and {section.field('ssl_keyfile')}: "
-                          f"a client certificate needs both")
+    _both_or_neither(section, "ssl_certfile", config.ssl_certfile, "ssl_keyfile",
+                     config.ssl_keyfile, "a client certificate needs both")
     for name, value in sasl.items():
         if protocol.startswith("SASL_") and value is None:
             raise ConfigError(f"{section.field(name)}: required with "
@@ -356,14 +380,14 @@ def parse_config(data: Any, base_dir: Path) -> Config:
     root = _Section(data, "")
     sections = {name: _Section(root.get(name, _as_is, None), name)
                 for name in ("etcd", "kafka", "files", "metrics")}
-    state_dir = Path(root.get("state_dir", _str, "state"))
+    state_dir = _resolved(Path(root.get("state_dir", _str, "state")), base_dir)
     config = Config(
         etcd=_etcd(sections["etcd"], base_dir),
         kafka=_kafka(sections["kafka"], base_dir),
         files=_files(sections["files"]),
         logs=root.get("logs", _logs, ()),
         allowed_paths=root.get("allowed_paths", _list_of(_allowed_glob), DEFAULT_ALLOWED_PATHS),
-        state_dir=state_dir if state_dir.is_absolute() else base_dir / state_dir,
+        state_dir=state_dir,
         metrics_listen=_metrics(sections["metrics"]),
     )
     for index, target in enumerate(config.logs):

@@ -9,21 +9,29 @@ a new session against the next endpoint.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from dataclasses import dataclass
 from typing import Any
 
-import etcd3
-import etcd3.exceptions
-import grpc
+# gRPC's C core writes its own lines to stderr (handshake failures, "Corruption
+# detected"); the agent logs each failure once, with the endpoint and the cause.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-from logship.config import EtcdConfig
-from logship.errors import EtcdUnavailable
+import etcd3  # noqa: E402  (reads GRPC_VERBOSITY when imported)
+import etcd3.exceptions  # noqa: E402
+import grpc  # noqa: E402
+
+from logship.config import EtcdConfig  # noqa: E402
+from logship.errors import EtcdUnavailable  # noqa: E402
+from logship.netprobe import TlsFiles, endpoint_failure, speaks_tls  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 ETCD_ERRORS = (etcd3.exceptions.Etcd3Exception, grpc.RpcError, ValueError)
+CONNECTION_ERRORS = (etcd3.exceptions.ConnectionFailedError,
+                     etcd3.exceptions.ConnectionTimeoutError)
 
 
 @dataclass(frozen=True)
@@ -40,9 +48,10 @@ WAKE = object()
 class EtcdSession:
     """One client on one endpoint. Watch events and errors arrive on `events`."""
 
-    def __init__(self, client: Any, endpoint: str) -> None:
+    def __init__(self, client: Any, host: str, port: int, tls: TlsFiles | None) -> None:
         self._client = client
-        self.endpoint = endpoint
+        self._host, self._port, self._tls = host, port, tls
+        self.endpoint = f"{host}:{port}"
         self.events: queue.Queue[KeyChange | BaseException | object] = queue.Queue()
 
     def read(self, key: str) -> tuple[bytes | None, int]:
@@ -77,6 +86,9 @@ class EtcdSession:
         """True when the key existed."""
         return bool(self._client.delete(key))
 
+    def explain(self, exc: BaseException) -> str:
+        return explain(self._host, self._port, self._tls, exc)
+
     def close(self) -> None:
         try:
             self._client.close()
@@ -102,6 +114,8 @@ class EtcdSource:
     def __init__(self, config: EtcdConfig) -> None:
         self._config = config
         self._preferred = 0
+        self._tls = TlsFiles(config.ca_cert, config.cert_cert, config.cert_key) \
+            if config.ca_cert else None
         threading.excepthook = _quiet_closed_watch_thread
 
     def connect(self) -> EtcdSession:
@@ -113,7 +127,7 @@ class EtcdSource:
             try:
                 session = self._open(host, port)
             except ETCD_ERRORS as exc:
-                errors.append(f"{host}:{port}: {describe(exc)}")
+                errors.append(explain(host, port, self._tls, exc))
                 continue
             self._preferred = index
             return session
@@ -124,13 +138,24 @@ class EtcdSource:
         client = etcd3.client(host=host, port=port, timeout=cfg.timeout, ca_cert=cfg.ca_cert,
                               cert_key=cfg.cert_key, cert_cert=cfg.cert_cert,
                               user=cfg.user, password=cfg.password)
-        session = EtcdSession(client, f"{host}:{port}")
+        session = EtcdSession(client, host, port, self._tls)
         try:
             session.probe()
         except ETCD_ERRORS:
             session.close()
             raise
         return session
+
+
+def explain(host: str, port: int, tls: TlsFiles | None, exc: BaseException) -> str:
+    """'host:port: cause'. etcd3 says only "etcd connection failed", whether the port is
+    closed or the TLS handshake failed, so for those the endpoint is probed."""
+    cause = None
+    if isinstance(exc, CONNECTION_ERRORS):
+        cause = endpoint_failure(host, port, tls)
+        if cause is None and tls is None and speaks_tls(host, port):
+            cause = "the server speaks TLS: set etcd.ca_cert (and https:// in etcd.endpoints)"
+    return f"{host}:{port}: {cause or describe(exc)}"
 
 
 def describe(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ import queue
 import time
 from typing import Callable
 
-from logship.errors import LogshipError, SpecError
+from logship.errors import EtcdUnavailable, LogshipError, SpecError
 from logship.etcd_source import ETCD_ERRORS, WAKE, EtcdSession, EtcdSource, describe
 from logship.logs import plural
 from logship.metrics import Metrics
@@ -66,6 +66,8 @@ class Manager(Service):
                      revision + 1)
             self._apply(value)
             self._consume(session)
+        except ETCD_ERRORS as exc:
+            raise EtcdUnavailable(session.explain(exc)) from None
         finally:
             self._session = None
             session.close()

@@ -11,7 +11,6 @@ agent-wide in-flight budget, since neither client caps memory the way we need.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from logship.errors import SinkError
+from logship.netprobe import TlsFiles, endpoint_failure, tcp_failure
 
 if TYPE_CHECKING:
     from logship.config import KafkaConfig
@@ -29,7 +29,6 @@ Wake = Callable[[], None]
 OnError = Callable[[str], None]     # an outage reported, by reason; set before any client runs
 REPEAT_EVERY = 60.0
 STALL_AFTER = 10.0
-PROBE_TIMEOUT = 1.0
 
 
 class Delivery(Protocol):
@@ -89,12 +88,15 @@ class KafkaHealth:
     said once with the brokers and its cause, repeated at most every minute while it
     lasts, and its end is said with how long it took. Lines are held meanwhile; an outage
     is never a worker crash. The clients' own messages name neither the brokers nor the
-    cause, so the cause is found by connecting to each broker."""
+    cause, so the cause is found by connecting to each broker (TCP, then TLS), and failing
+    that is the client's last connection error (a refused SASL login, for one)."""
 
-    def __init__(self, brokers: tuple[str, ...], on_error: OnError) -> None:
+    def __init__(self, brokers: tuple[str, ...], tls: TlsFiles | None, on_error: OnError) -> None:
         self.brokers = brokers
+        self.tls = tls
         self.up = True
         self.on_error = on_error
+        self.connection_error: str | None = None
         self._down_since: float | None = None
         self._said_at = 0.0
         self._acked_at = time.monotonic()
@@ -112,7 +114,7 @@ class KafkaHealth:
             self._down_since = since or now
             self.up = False
         self.on_error(reason)
-        cause = cause or probe(self.brokers)
+        cause = cause or self.probe()
         if since is None:
             log.warning("Kafka unavailable (%s): %s; holding lines", ",".join(self.brokers), cause)
         else:
@@ -131,6 +133,7 @@ class KafkaHealth:
         self._acked_at = time.monotonic()
         if self._down_since is None:
             return
+        self.connection_error = None
         with self._lock:
             since, self._down_since = self._down_since, None
             self.up = True
@@ -139,24 +142,14 @@ class KafkaHealth:
                      ",".join(self.brokers))
 
 
-def probe(brokers: tuple[str, ...]) -> str:
-    """Why Kafka cannot be reached, broker by broker: refused, name, timeout."""
-    silent = "accepts connections but does not acknowledge"
-    return "; ".join(f"{broker}: {tcp_failure(broker) or silent}" for broker in brokers)
+    def probe(self) -> str:
+        """Why Kafka cannot be reached, broker by broker."""
+        return "; ".join(f"{broker}: {self._broker_failure(broker)}" for broker in self.brokers)
 
-
-def tcp_failure(broker: str) -> str | None:
-    """Why a TCP connection to host:port fails, or None when it succeeds."""
-    host, _, port = broker.rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), PROBE_TIMEOUT).close()
-    except socket.gaierror:
-        return "name does not resolve"
-    except socket.timeout:
-        return "connection timed out"
-    except OSError as exc:
-        return (exc.strerror or str(exc)).lower()
-    return None
+    def _broker_failure(self, broker: str) -> str:
+        host, _, port = broker.rpartition(":")
+        return endpoint_failure(host, int(port), self.tls) or self.connection_error \
+            or "accepts connections but does not acknowledge"
 
 
 class Sink(ABC):
@@ -165,7 +158,9 @@ class Sink(ABC):
     def __init__(self, config: KafkaConfig, host: bytes, on_error: OnError) -> None:
         self.config = config
         self.budget = InFlightBudget(config.buffer_bytes)
-        self.health = KafkaHealth(config.bootstrap_servers, on_error)
+        tls = TlsFiles(config.ssl_cafile, config.ssl_certfile, config.ssl_keyfile) \
+            if config.security_protocol in ("SSL", "SASL_SSL") else None
+        self.health = KafkaHealth(config.bootstrap_servers, tls, on_error)
         self.host = host
 
     @abstractmethod
@@ -246,7 +241,8 @@ def check_settings(config: KafkaConfig) -> None:
 
 def reach_broker(config: KafkaConfig, broker: str, timeout: float = 5.0) -> str:
     """`logship check --connect`: what the broker answered, or SinkError with the cause."""
-    cause = tcp_failure(broker)
+    host, _, port = broker.rpartition(":")
+    cause = tcp_failure(host, int(port))
     if cause is not None:
         raise SinkError(cause)
     if config.client == "confluent-kafka":

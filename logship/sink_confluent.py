@@ -12,6 +12,7 @@ record being acknowledged does not prove the ones before it were.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -55,7 +56,9 @@ MANAGED = {
 DEFAULTS = {"linger.ms": 5, "batch.size": 1024 * 1024}
 UNAVAILABLE = {KafkaError._ALL_BROKERS_DOWN: "all_brokers_down", KafkaError._TRANSPORT: "transport",
                KafkaError._RESOLVE: "resolve", KafkaError._TIMED_OUT: "timeout"}
+REFUSED = {KafkaError._AUTHENTICATION: "authentication", KafkaError._SSL: "tls"}
 POLL_TIMEOUT = 0.5
+BROKER_PREFIX = re.compile(r"^\w+://[^/ ]+/\S+: | \(after \d+ms in state \w+\)$")
 
 
 def _settings(config: KafkaConfig, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -151,6 +154,8 @@ class _Poller(Service):
         while not self.stopping.is_set():
             try:
                 self._sink.producer.poll(POLL_TIMEOUT)
+            except KafkaException as exc:
+                self._sink.on_fatal(exc.args[0])
             except Exception:
                 log.exception("Kafka delivery callback failed")
 
@@ -160,6 +165,7 @@ class ConfluentSink(Sink):
         super().__init__(config, host, on_error)
         self._lock = threading.Lock()
         self._isolation: Producer | None = None
+        self._fatal: KafkaError | None = None
         self.producer = self._new_producer({"error_cb": self._on_error})
         self._poller = _Poller(self)
         self._poller.start()
@@ -173,13 +179,35 @@ class ConfluentSink(Sink):
     def _on_error(self, error: KafkaError) -> None:
         """On the poller thread. librdkafka's words for an outage vary with the moment it
         is noticed ("1/1 brokers are down"), so the cause comes from probing the brokers,
-        as on the other client."""
-        if error.code() in UNAVAILABLE:
-            self.health.unavailable(UNAVAILABLE[error.code()])
+        as on the other client; a refused login or handshake is that probe's fallback."""
+        code = error.code()
+        if code in UNAVAILABLE:
+            self.health.unavailable(UNAVAILABLE[code])
+        elif code in REFUSED:
+            self.health.connection_error = BROKER_PREFIX.sub("", error.str())
+            self.health.unavailable(REFUSED[code])
         elif error.fatal():
-            log.error("Kafka producer fatal error: %s", error.str())
+            self.on_fatal(error)
         else:
             log.warning("Kafka: %s", error.str())
+
+    def on_fatal(self, error: KafkaError) -> None:
+        """An idempotent producer that hit a fatal error (the broker refused it the right
+        to write, say) fails every later record: the next send() replaces it."""
+        self._fatal = error
+        self.health.unavailable("fatal", f"{','.join(self.config.bootstrap_servers)}: "
+                                         f"{BROKER_PREFIX.sub('', error.str())}")
+
+    def _replace_fatal_producer(self) -> None:
+        """Its records still queued fail (purged), so their workers resend them."""
+        with self._lock:
+            if self._fatal is None:
+                return
+            old, self._fatal = self.producer, None
+            self.producer = self._new_producer({"error_cb": self._on_error})
+        old.purge()
+        old.poll(0)
+        log.warning("Kafka producer replaced after a fatal error")
 
     def is_too_large(self, error: BaseException) -> bool:
         code = error.args[0].code() if isinstance(error, KafkaException) and error.args else None
@@ -187,6 +215,8 @@ class ConfluentSink(Sink):
 
     def send(self, topic: str, key: bytes, lines: Sequence[bytes], offsets: Sequence[int],
              wake: Wake) -> Sent:
+        if self._fatal is not None:
+            self._replace_fatal_producer()
         sent = Sent(0)
         batch = BatchDelivery(sent.skipped, wake, self.health.available)
         produce = self.producer.produce

@@ -8,12 +8,14 @@ thread and swallow exceptions, so the only one we add just wakes the worker.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import (KafkaError, KafkaTimeoutError, MessageSizeTooLargeError,
-                          RecordListTooLargeError)
+from kafka.errors import (AuthorizationError, KafkaConnectionError, KafkaError,
+                          KafkaTimeoutError, MessageSizeTooLargeError, RecordListTooLargeError,
+                          SaslAuthenticationFailedError)
 from kafka.partitioner.default import DefaultPartitioner
 from kafka.producer.future import FutureRecordMetadata
 
@@ -51,6 +53,53 @@ MANAGED = {
 }
 DEFAULTS = {"linger_ms": 5, "batch_size": 256 * 1024}
 HELD = 2**31 - 1        # delivery_timeout_ms: an outage holds lines, it never fails them
+CONNECTIONS_LOG = logging.getLogger("kafka.net")
+REFUSALS = (SaslAuthenticationFailedError, AuthorizationError, ssl.SSLError)
+
+
+class ConnectionErrors(logging.Handler):
+    """kafka-python says why a broker refused a connection (a SASL login, a TLS
+    handshake) only in its log, which the agent silences: its "Abort", "Connection lost"
+    and "Connection failed" lines carry the error last. A refusal is kept as the cause of
+    an outage; a bare disconnect only until a refusal is known, since kafka-python often
+    drops the broker's answer to a failed SASL login and reports "socket disconnected".
+    Attached while a sink or a `check --connect` needs it."""
+
+    def __init__(self, sasl: bool, on_error: Callable[[str], None] | None = None) -> None:
+        super().__init__(logging.WARNING)
+        self.last: str | None = None
+        self._refused = False
+        self._sasl = sasl
+        self._on_error = on_error
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = record.args[-1] if isinstance(record.args, tuple) and record.args else None
+        if isinstance(error, REFUSALS):
+            self._refused = True
+            self._keep(str(error))
+        elif isinstance(error, KafkaConnectionError) and self._sasl and not self._refused:
+            self._keep(f"the broker closed the connection while logging in ({error}); "
+                       f"kafka-python does not say why: a refused SASL login is the usual "
+                       f"cause, check kafka.sasl_username and its password")
+
+    def _keep(self, cause: str) -> None:
+        self.last = cause
+        if self._on_error is not None:
+            self._on_error(cause)
+
+    def attach(self) -> "ConnectionErrors":
+        CONNECTIONS_LOG.setLevel(logging.WARNING)
+        CONNECTIONS_LOG.propagate = False
+        CONNECTIONS_LOG.addHandler(self)
+        return self
+
+    def detach(self) -> None:
+        CONNECTIONS_LOG.removeHandler(self)
+
+    __enter__ = attach
+
+    def __exit__(self, *_exc: object) -> None:
+        self.detach()
 
 
 class KeyCachingPartitioner(DefaultPartitioner):
@@ -87,15 +136,25 @@ def check_producer_settings(config: KafkaConfig) -> None:
 def reach_broker(config: KafkaConfig, broker: str, timeout: float) -> str:
     """Fetch the cluster's metadata from this broker alone, with the configured security."""
     consumer = None
-    try:
-        consumer = KafkaConsumer(bootstrap_servers=[broker], request_timeout_ms=int(timeout * 1000),
-                                 **security_settings(config, SECURITY))
-        return f"{len(consumer.topics())} topics"
-    except KafkaError as exc:
-        raise SinkError(str(exc)) from None
-    finally:
-        if consumer is not None:
-            consumer.close()
+    with ConnectionErrors(_sasl(config)) as errors:
+        try:
+            consumer = KafkaConsumer(bootstrap_servers=[broker], api_version=_version(config),
+                                     request_timeout_ms=int(timeout * 1000),
+                                     **security_settings(config, SECURITY))
+            return f"{len(consumer.topics())} topics"
+        except KafkaError as exc:
+            raise SinkError(errors.last or str(exc)) from None
+        finally:
+            if consumer is not None:
+                consumer.close()
+
+
+def _sasl(config: KafkaConfig) -> bool:
+    return config.security_protocol.startswith("SASL_")
+
+
+def _version(config: KafkaConfig) -> tuple[int, ...]:
+    return tuple(int(part) for part in config.api_version.split("."))
 
 
 class FutureDelivery:
@@ -117,9 +176,18 @@ class KafkaPythonSink(Sink):
     def __init__(self, config: KafkaConfig, host: bytes, on_error: OnError) -> None:
         super().__init__(config, host, on_error)
         self._lock = threading.Lock()
-        self._producer = self._new_producer()
+        # before the producer, which connects at once
+        self._connection_errors = ConnectionErrors(_sasl(config), self._on_connection_error).attach()
+        try:
+            self._producer = self._new_producer()
+        except ConfigError:
+            self._connection_errors.detach()
+            raise
         self._generation = 0
         self._isolation: KafkaProducer | None = None
+
+    def _on_connection_error(self, error: str) -> None:
+        self.health.connection_error = error
 
     def _new_producer(self, **overrides: Any) -> KafkaProducer:
         config = self.config
@@ -129,7 +197,7 @@ class KafkaPythonSink(Sink):
         try:
             return KafkaProducer(
                 bootstrap_servers=list(config.bootstrap_servers),
-                api_version=tuple(int(p) for p in config.api_version.split(".")),
+                api_version=_version(config),
                 acks="all",
                 delivery_timeout_ms=HELD,
                 max_block_ms=config.max_block_ms,
@@ -215,6 +283,7 @@ class KafkaPythonSink(Sink):
         return resent
 
     def close(self, timeout: float) -> None:
+        self._connection_errors.detach()
         for producer in (self._producer, self._isolation):
             if producer is None:
                 continue

@@ -235,8 +235,9 @@ class Worker(Service):
         if other:
             self._errors.inc(len(failures))
             lines = plural(len(failures), "line", "lines")
-            raise SinkError(f"{self.target}: Kafka did not acknowledge {lines}: {other[0]}; "
-                            f"resending from offset {batch.file.acked_offset}")
+            brokers = ",".join(self._sink.config.bootstrap_servers)
+            raise SinkError(f"{self.target}: Kafka ({brokers}) did not acknowledge {lines}: "
+                            f"{other[0]}; resending from offset {batch.file.acked_offset}")
         delivered = batch.sent.handed_over - len(failures)
         if failures:
             delivered += self._resend_refused(batch, [index for index, _ in failures])

@@ -6,6 +6,8 @@
 #   scripts/local-etcd.sh stop  PORT DATA_DIR
 #
 # Peers listen on PORT+1. Restarting with the same DATA_DIR keeps the keys.
+# Optional, for the security tests: ETCD_CERT and ETCD_KEY serve clients over TLS
+# (https); ETCD_CLIENT_CA also requires a client certificate signed by that CA.
 set -euo pipefail
 cmd=${1:?run|start|stop}; port=${2:?port}; dir=${3:?data dir}
 mkdir -p "$dir"
@@ -15,8 +17,15 @@ NAME=etcd WAIT_SECONDS=15
 
 case "$cmd" in
   run)
-    exec etcd --name logship-local --data-dir "$dir/data" \
-      --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+    scheme=http tls=()
+    if [ -n "${ETCD_CERT:-}" ]; then
+      scheme=https tls=(--cert-file "$ETCD_CERT" --key-file "$ETCD_KEY")
+      if [ -n "${ETCD_CLIENT_CA:-}" ]; then
+        tls+=(--trusted-ca-file "$ETCD_CLIENT_CA" --client-cert-auth)
+      fi
+    fi
+    exec etcd --name logship-local --data-dir "$dir/data" "${tls[@]}" \
+      --listen-client-urls "$scheme://127.0.0.1:$port" --advertise-client-urls "$scheme://127.0.0.1:$port" \
       --listen-peer-urls "http://127.0.0.1:$((port + 1))" \
       --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
       --initial-cluster "logship-local=http://127.0.0.1:$((port + 1))" \

@@ -8,8 +8,9 @@
 # The broker's controller listens on PORT+1. Restarting with the same DATA_DIR keeps the
 # topics and records. Jars come from .cache/kafka-libs (`make setup` fetches them).
 # Optional, for the security tests: KAFKA_EXTRA_PROPERTIES names a file appended to the
-# broker's properties (later keys win: listeners, TLS, SASL); KAFKA_SCRAM is a SCRAM
-# credential created when the storage is formatted ('SCRAM-SHA-512=[name=u,password=p]').
+# broker's properties (later keys win: listeners, TLS, SASL); KAFKA_SCRAM holds SCRAM
+# credentials, separated by spaces, created when the storage is formatted
+# ('SCRAM-SHA-512=[name=u,password=p] SCRAM-SHA-512=[name=v,password=q]').
 set -euo pipefail
 cmd=${1:?run|start|stop}; port=${2:?port}; dir=${3:?data dir}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -54,13 +55,14 @@ java_cmd=(java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true
 
 format_storage() {
   [ -f "$dir/data/meta.properties" ] && return 0
-  local id
+  local id scram=()
+  for credential in ${KAFKA_SCRAM:-}; do scram+=(--add-scram "$credential"); done
   # A cluster id that starts with "-" would be read as an option: draw again.
   id=$(python3 -c 'import base64, uuid
 while (i := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"): pass
 print(i)')
   "${java_cmd[@]}" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" \
-    ${KAFKA_SCRAM:+--add-scram "$KAFKA_SCRAM"} >"$dir/format.log" 2>&1
+    "${scram[@]}" >"$dir/format.log" 2>&1
 }
 
 

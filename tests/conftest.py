@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import Agent, Etcd, Kafka, TopicReader, unique
+from harness import Agent, Certificates, Etcd, Kafka, TopicReader, unique
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,12 @@ def kafka(tmp_path_factory):
     service.start()
     yield service
     service.stop()
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory) -> Certificates:
+    """Throw-away CAs and certificates for the security tests, made once."""
+    return Certificates(tmp_path_factory.mktemp("certs")).generate()
 
 
 CLIENTS = ["kafka-python", "confluent-kafka"]

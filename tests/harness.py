@@ -74,6 +74,12 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def logship(*args: str, stdin: bytes | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """A one-shot `logship` command (check, put, get, ...), as an operator runs it."""
+    return subprocess.run([sys.executable, "-m", "logship", *map(str, args)], input=stdin,
+                          capture_output=True, timeout=120, **kwargs)
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -126,6 +132,11 @@ class Service:
 class Etcd(Service):
     script = "local-etcd.sh"
 
+    @property
+    def endpoint(self) -> str:
+        """As written in etcd.endpoints."""
+        return self.address
+
     def client(self):
         return etcd3.client(host="127.0.0.1", port=self.port, timeout=5)
 
@@ -137,6 +148,74 @@ class Etcd(Service):
     def delete(self, key: str) -> None:
         with self.client() as client:
             client.delete(key)
+
+
+ETCD_ROOT_PASSWORD = "etcd-root-secret-0815"
+ETCD_USER, ETCD_PASSWORD = "logship", "etcd-user-secret-4711"
+ETCD_NOBODY = "nobody"
+ETCD_KEY_PREFIX = "/logship-test/"
+
+
+class SecureEtcd(Etcd):
+    """etcd serving clients over TLS only. With `client_certificates` it requires a client
+    certificate signed by the test CA; with `auth` it has users and roles (through
+    etcdctl): root, ETCD_USER who may read the keys under ETCD_KEY_PREFIX, and
+    ETCD_NOBODY (same password) who may read nothing."""
+
+    def __init__(self, data_dir: Path, certificates: Certificates, client_certificates: bool,
+                 auth: bool) -> None:
+        super().__init__(data_dir)
+        self.certs = certificates
+        self.client_certificates = client_certificates
+        self.auth = auth
+        self.env = {"ETCD_CERT": str(certificates.server_cert),
+                    "ETCD_KEY": str(certificates.server_key),
+                    **({"ETCD_CLIENT_CA": str(certificates.ca)} if client_certificates else {})}
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://{self.address}"
+
+    def start(self) -> None:
+        super().start()
+        if self.auth:
+            self._enable_auth()
+
+    def settings(self, user: str | None = "root") -> dict:
+        """The agent's etcd section for this server, authenticated as `user`."""
+        tls = {"ca_cert": str(self.certs.ca)}
+        if self.client_certificates:
+            tls |= {"cert_cert": str(self.certs.client_cert),
+                    "cert_key": str(self.certs.client_key)}
+        if self.auth and user is not None:
+            tls |= {"user": user,
+                    "password": ETCD_ROOT_PASSWORD if user == "root" else ETCD_PASSWORD}
+        return {"endpoints": [self.endpoint], "timeout": 2, "probe_interval": 1, **tls}
+
+    def client(self):
+        settings = self.settings()
+        return etcd3.client(host="127.0.0.1", port=self.port, timeout=5,
+                            ca_cert=settings["ca_cert"], cert_cert=settings.get("cert_cert"),
+                            cert_key=settings.get("cert_key"), user=settings.get("user"),
+                            password=settings.get("password"))
+
+    def _enable_auth(self) -> None:
+        self._etcdctl("user", "add", "root", f"--new-user-password={ETCD_ROOT_PASSWORD}")
+        self._etcdctl("role", "add", "logship-reader")
+        self._etcdctl("role", "grant-permission", "logship-reader", "read", ETCD_KEY_PREFIX,
+                      "--prefix")
+        for user in (ETCD_USER, ETCD_NOBODY):
+            self._etcdctl("user", "add", user, f"--new-user-password={ETCD_PASSWORD}")
+        self._etcdctl("user", "grant-role", ETCD_USER, "logship-reader")
+        self._etcdctl("auth", "enable")
+
+    def _etcdctl(self, *args: str) -> None:
+        tls = ["--cacert", str(self.certs.ca)]
+        if self.client_certificates:
+            tls += ["--cert", str(self.certs.client_cert), "--key", str(self.certs.client_key)]
+        subprocess.run(["etcdctl", f"--endpoints={self.endpoint}", *tls, *args],
+                       env={**os.environ, "ETCDCTL_API": "3"}, check=True, capture_output=True,
+                       timeout=30)
 
 
 class Kafka(Service):
@@ -170,34 +249,42 @@ class Kafka(Service):
 
 @dataclass
 class Certificates:
-    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate,
-    made by openssl into a temp dir (no key is ever committed)."""
+    """Throw-away certificates made by openssl into a temp dir (no key is ever committed):
+    a CA, a server certificate for 127.0.0.1 and a client certificate it signed, and a
+    rogue CA with a client certificate of its own, which no server trusts."""
 
     directory: Path
 
     ca = property(lambda self: self.directory / "ca.pem")
+    server_cert = property(lambda self: self.directory / "server.pem")
+    server_key = property(lambda self: self.directory / "server.key")
     server_keystore = property(lambda self: self.directory / "server-keystore.pem")
     client_cert = property(lambda self: self.directory / "client.pem")
     client_key = property(lambda self: self.directory / "client.key")
+    rogue_ca = property(lambda self: self.directory / "rogue-ca.pem")
+    rogue_client_cert = property(lambda self: self.directory / "rogue-client.pem")
+    rogue_client_key = property(lambda self: self.directory / "rogue-client.key")
 
     def generate(self) -> "Certificates":
-        d = self.directory
-        d.mkdir(parents=True, exist_ok=True)
-        self._openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                      "-subj", "/CN=logship test CA", "-keyout", d / "ca.key", "-out", self.ca)
-        self._signed("server", "subjectAltName=IP:127.0.0.1")
-        self._signed("client", "extendedKeyUsage=clientAuth")
-        self.server_keystore.write_bytes((d / "server.key").read_bytes()
-                                         + (d / "server.pem").read_bytes())
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for ca in ("ca", "rogue-ca"):
+            self._openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                          "-subj", f"/CN=logship test {ca}", "-keyout", self.directory / f"{ca}.key",
+                          "-out", self.directory / f"{ca}.pem")
+        self._signed("server", "ca", "subjectAltName=IP:127.0.0.1")
+        self._signed("client", "ca", "extendedKeyUsage=clientAuth")
+        self._signed("rogue-client", "rogue-ca", "extendedKeyUsage=clientAuth")
+        self.server_keystore.write_bytes(self.server_key.read_bytes()
+                                         + self.server_cert.read_bytes())
         return self
 
-    def _signed(self, name: str, extension: str) -> None:
+    def _signed(self, name: str, ca: str, extension: str) -> None:
         d = self.directory
         self._openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
                       "-keyout", d / f"{name}.key", "-out", d / f"{name}.csr")
         (d / f"{name}.ext").write_text(extension + "\n")
-        self._openssl("x509", "-req", "-in", d / f"{name}.csr", "-CA", self.ca,
-                      "-CAkey", d / "ca.key", "-CAcreateserial", "-days", "2",
+        self._openssl("x509", "-req", "-in", d / f"{name}.csr", "-CA", d / f"{ca}.pem",
+                      "-CAkey", d / f"{ca}.key", "-CAcreateserial", "-days", "2",
                       "-extfile", d / f"{name}.ext", "-out", d / f"{name}.pem")
 
     @staticmethod
@@ -206,11 +293,14 @@ class Certificates:
 
 
 SCRAM_USER, SCRAM_PASSWORD = "logship", "scram-secret-4711"
+SCRAM_NOBODY = "nobody"
 
 
 class SecureKafka(Kafka):
     """A broker with an SSL listener that requires a client certificate and a SASL_SSL
-    listener (SCRAM-SHA-512), beside the PLAINTEXT one the tests read through."""
+    listener (SCRAM-SHA-512), beside the PLAINTEXT one the tests read through. ACLs are
+    on: SCRAM_USER, the client certificate and PLAINTEXT may do anything (super users);
+    SCRAM_NOBODY (same password) may do nothing."""
 
     def __init__(self, data_dir: Path, certificates: Certificates) -> None:
         super().__init__(data_dir)
@@ -219,9 +309,10 @@ class SecureKafka(Kafka):
         extra = data_dir.with_suffix(".properties")
         extra.write_text(SECURE_PROPERTIES.format(
             port=self.port, controller=self.port + 1, ssl=self.ssl_port, sasl=self.sasl_port,
-            keystore=certificates.server_keystore, ca=certificates.ca))
+            keystore=certificates.server_keystore, ca=certificates.ca, scram_user=SCRAM_USER))
         self.env = {"KAFKA_EXTRA_PROPERTIES": str(extra),
-                    "KAFKA_SCRAM": f"SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]"}
+                    "KAFKA_SCRAM": " ".join(f"SCRAM-SHA-512=[name={user},password={SCRAM_PASSWORD}]"
+                                            for user in (SCRAM_USER, SCRAM_NOBODY))}
 
 
 SECURE_PROPERTIES = """
@@ -234,6 +325,8 @@ ssl.keystore.location={keystore}
 ssl.truststore.type=PEM
 ssl.truststore.location={ca}
 listener.name.ssl.ssl.client.auth=required
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS;User:CN=client;User:{scram_user}
 sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\
 org.apache.kafka.common.security.scram.ScramLoginModule required;
@@ -304,7 +397,7 @@ class Agent:
         self.config_path = workdir / "config.yaml"
         self.log_path = workdir / "agent.log"
         self.proc: subprocess.Popen | None = None
-        endpoints = etcd_service if isinstance(etcd_service, list) else [etcd_service.address]
+        endpoints = etcd_service if isinstance(etcd_service, list) else [etcd_service.endpoint]
         servers = kafka_service if isinstance(kafka_service, str) else kafka_service.address
         self.config = {
             "etcd": {"endpoints": endpoints, "keys": keys, "timeout": 2, "probe_interval": 1},

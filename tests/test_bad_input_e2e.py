@@ -11,8 +11,6 @@ import copy
 import json
 import os
 import stat
-import subprocess
-import sys
 import threading
 import time
 
@@ -20,18 +18,13 @@ import pytest
 import yaml
 
 from conftest import CLIENTS
-from harness import wait_until
+from harness import logship, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 def entry(path, topic, **extra):
     return {"path": str(path), "topic": topic, **extra}
-
-
-def logship(*args):
-    return subprocess.run([sys.executable, "-m", "logship", *args], capture_output=True,
-                          timeout=60)
 
 
 class Swapper(threading.Thread):

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
 
-from harness import ROOT
+from harness import ROOT, logship
 
 pytestmark = pytest.mark.e2e
-
-
-def logship(*args, stdin: bytes | None = None):
-    return subprocess.run([sys.executable, "-m", "logship", *args], input=stdin,
-                          capture_output=True, timeout=60)
 
 
 @pytest.fixture

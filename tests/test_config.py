@@ -137,8 +137,11 @@ def test_security_settings_under_the_client_names_are_refused(client, name):
 
 
 def secret_config(tmp_path, **etcd):
+    """A config.yaml with etcd TLS (a CA beside it, named relative to it) plus `etcd`."""
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"etcd": {"endpoints": ["e:1"], "keys": ["k"], **etcd},
+    (tmp_path / "ca.pem").write_text("a CA\n")
+    etcd = {"endpoints": ["e:1"], "keys": ["k"], "ca_cert": "ca.pem", **etcd}
+    path.write_text(yaml.safe_dump({"etcd": {k: v for k, v in etcd.items() if v is not None},
                                     "kafka": {"bootstrap_servers": ["b:1"]}}))
     return path
 
@@ -151,6 +154,28 @@ def test_a_secret_comes_inline_from_a_file_or_from_the_environment(tmp_path, mon
         config = load_config(secret_config(tmp_path, user="u", **{form: value}))
         assert config.etcd.password == {"password": "inline", "password_file": "from-file",
                                         "password_env": "from-env"}[form]
+
+
+def test_etcd_tls_files_are_taken_from_the_configs_folder(tmp_path):
+    (tmp_path / "client.pem").write_text("a certificate\n")
+    (tmp_path / "client.key").write_text("a key\n")
+    config = load_config(secret_config(tmp_path, cert_cert="client.pem", cert_key="client.key"))
+    assert (config.etcd.ca_cert, config.etcd.cert_cert, config.etcd.cert_key) == (
+        str(tmp_path / "ca.pem"), str(tmp_path / "client.pem"), str(tmp_path / "client.key"))
+
+
+@pytest.mark.parametrize("etcd, message", [
+    ({"user": "u", "password": "secret-4711", "ca_cert": None},
+     "etcd.user: needs etcd.ca_cert \\(TLS: etcd3 sends its auth token only over TLS\\)"),
+    ({"cert_cert": "ca.pem"}, "etcd.cert_cert and etcd.cert_key: a client certificate needs both"),
+    ({"cert_cert": "ca.pem", "cert_key": "ca.pem", "ca_cert": None},
+     "etcd.cert_cert: needs etcd.ca_cert"),
+    ({"ca_cert": "missing.pem"}, "etcd.ca_cert: cannot read .*/missing.pem: No such file"),
+])
+def test_etcd_tls_settings_that_cannot_work_are_refused(tmp_path, etcd, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(secret_config(tmp_path, **etcd))
+    assert "secret-4711" not in str(error.value)
 
 
 @pytest.mark.parametrize("etcd, message", [

@@ -5,20 +5,15 @@ records back through the broker's PLAINTEXT listener."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import re
 
 import pytest
 
 from conftest import CLIENTS
-from harness import SCRAM_PASSWORD, SCRAM_USER, Certificates, SecureKafka, TopicReader
+from harness import (SCRAM_NOBODY, SCRAM_PASSWORD, SCRAM_USER, Certificates, SecureKafka,
+                     TopicReader, logship, numbered, numbers)
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory) -> Certificates:
-    return Certificates(tmp_path_factory.mktemp("certs")).generate()
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +67,7 @@ def test_a_sasl_password_from_a_file_ships_and_never_shows(etcd, secure_kafka, c
     log.write_bytes(b"")
     etcd.put(key, [{"path": str(log), "topic": topic}])
     agent = make_agent(etcd, secure_kafka, [key], kafka=kafka_section)
-    check = subprocess.run([sys.executable, "-m", "logship", "check", "--connect", "--config",
-                            str(agent.config_path)], capture_output=True, timeout=120)
+    check = logship("check", "--connect", "--config", agent.config_path)
     assert check.returncode == 0, check.stdout + check.stderr
     assert f"kafka 127.0.0.1:{secure_kafka.sasl_port} ({client}): ok" in check.stdout.decode()
     agent.start().wait_log(f"worker started path={log}")
@@ -86,3 +80,57 @@ def test_a_sasl_password_from_a_file_ships_and_never_shows(etcd, secure_kafka, c
     for text in (agent.log(), check.stdout.decode(), check.stderr.decode(),
                  agent.config_path.read_text()):
         assert SCRAM_PASSWORD not in text
+
+
+def wrong_ca(kafka: SecureKafka, certs: Certificates) -> tuple[dict, str]:
+    return ({**ssl_with_client_certificate(kafka, certs), "ssl_cafile": str(certs.rogue_ca)},
+            f"127.0.0.1:{kafka.ssl_port}: TLS: the server's certificate is not trusted with "
+            f"{certs.rogue_ca}: unable to get local issuer certificate")
+
+
+def untrusted_client_certificate(kafka: SecureKafka, certs: Certificates) -> tuple[dict, str]:
+    return ({**ssl_with_client_certificate(kafka, certs), "ssl_certfile": str(certs.rogue_client_cert),
+             "ssl_keyfile": str(certs.rogue_client_key)},
+            f"127.0.0.1:{kafka.ssl_port}: TLS: the server refused the client certificate "
+            f"{certs.rogue_client_cert}")
+
+
+def wrong_password(kafka: SecureKafka, certs: Certificates) -> tuple[dict, str]:
+    """kafka-python often loses the broker's answer to a failed login (it reads the
+    disconnect first): then the cause it can give is the disconnect, with the hint."""
+    return ({**sasl_ssl_scram(kafka, certs), "sasl_password": "not-the-password"},
+            f"127.0.0.1:{kafka.sasl_port}: (.*Authentication failed during authentication due "
+            f"to invalid credentials with SASL mechanism SCRAM-SHA-512|the broker closed the "
+            f"connection while logging in .* check kafka.sasl_username and its password)")
+
+
+def user_without_rights(kafka: SecureKafka, certs: Certificates) -> tuple[dict, str]:
+    return ({**sasl_ssl_scram(kafka, certs), "sasl_username": SCRAM_NOBODY},
+            f"Kafka \\(127.0.0.1:{kafka.sasl_port}\\).*(Topic|Cluster) ?[aA]uthorization ?[fF]ailed")
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("broken", [wrong_ca, untrusted_client_certificate, wrong_password,
+                                    user_without_rights])
+def test_a_security_failure_is_one_clear_line_and_a_fixed_config_ships_everything(
+        etcd, secure_kafka, certificates, make_agent, key, topic, tmp_path, client, broken):
+    settings, cause = broken(secure_kafka, certificates)
+    log = tmp_path / "app.log"
+    log.write_bytes(numbered(0, 100))
+    etcd.put(key, [{"path": str(log), "topic": topic, "read_from": "beginning"}])
+    agent = make_agent(etcd, secure_kafka, [key], kafka={**settings, "client": client}).start()
+    agent.wait_log(re.escape(cause) if broken in (wrong_ca, untrusted_client_certificate)
+                   else cause, timeout=60)
+    with log.open("ab") as f:
+        f.write(numbered(100, 100))
+    text = agent.log()
+    assert "Traceback" not in text and SCRAM_PASSWORD not in text
+    fixed = sasl_ssl_scram(secure_kafka, certificates)
+    agent.write_config({**agent.config, "kafka": {**fixed, "client": client}})
+    agent.wait_log("kafka settings changed: producer rebuilt")
+    reader = TopicReader(secure_kafka, topic)
+    try:
+        records = reader.wait_count(200, timeout=60)
+    finally:
+        reader.close()
+    assert sorted(set(numbers(records))) == list(range(200))

@@ -3,22 +3,15 @@ traps and the command line, through the real `logship run` and CLI."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 
 import pytest
 import yaml
 
-from harness import Agent, wait_until
+from harness import Agent, logship, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def logship(*args, stdin: bytes | None = None):
-    return subprocess.run([sys.executable, "-m", "logship", *args], input=stdin,
-                          capture_output=True, timeout=60)
 
 
 def http_status(agent: Agent, path: str) -> tuple[int, str]:
@@ -114,8 +107,7 @@ def test_version_and_help_describe_the_tool():
 
 
 def test_check_in_the_wrong_folder_names_the_path_it_tried(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "logship", "check"], cwd=tmp_path,
-                            capture_output=True, timeout=60)
+    result = logship("check", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.decode() == (f"logship: error: {tmp_path}/config.yaml: no such file; run "
                                       f"from the folder that holds config.yaml, or name it with "
