@@ -7,7 +7,7 @@ LOCAL := .local
 ETCD_PORT ?= 2379
 KAFKA_PORT ?= 9092
 
-.PHONY: setup system-packages venv kafka-jars run stop-local test unit bench clean
+.PHONY: setup system-packages venv kafka-jars run stop-local test unit bench dist clean
 
 setup: system-packages venv kafka-jars
 
@@ -60,5 +60,11 @@ unit: venv
 bench: setup
 	$(VENV)/bin/python scripts/bench.py
 
+# The wheel a host installs (pip install dist/logship-*.whl): it carries the systemd
+# unit and a sample config (`logship install-unit`).
+dist: venv
+	rm -rf dist && $(VENV)/bin/pip wheel -q --no-deps -w dist .
+	@ls dist/*.whl
+
 clean:
-	rm -rf $(VENV) $(KAFKA_LIBS) $(LOCAL) state
+	rm -rf $(VENV) $(KAFKA_LIBS) $(LOCAL) state dist

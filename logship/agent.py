@@ -21,11 +21,13 @@ from logship.config import Config, load_config
 from logship.errors import ConfigError
 from logship.etcd_source import EtcdSource
 from logship.fswatch import DirWatcher, Subscription
+from logship import logs
 from logship.logs import plural
 from logship.manager import Manager
 from logship.metrics import Metrics, MetricsServer
 from logship.sink import Sink, check_settings, open_sink
 from logship.spec import Target
+from logship.status import Document, Identity, StatusWriter, document, lag_by_topic
 from logship.supervisor import Supervisor
 from logship.worker import Worker
 
@@ -38,6 +40,7 @@ TICK = 0.2
 RELOAD_SETTLE = 0.3
 CHECKPOINT_INTERVAL = 1.0
 HEALTHY_WITHIN = 10.0
+STATUS_STOP_TIMEOUT = 10.0
 
 
 def load(path: Path, strict: bool = False) -> Config:
@@ -52,8 +55,8 @@ def load(path: Path, strict: bool = False) -> Config:
 
 def describe_changes(old: Config, new: Config) -> str:
     """What a reload changes, as an operator names it: sections, and keys added/removed."""
-    parts = [name for name in ("etcd", "kafka", "files", "logs", "allowed_paths", "state_dir",
-                               "metrics_listen")
+    parts = [name for name in ("name", "etcd", "kafka", "status", "log", "files", "logs",
+                               "allowed_paths", "state_dir", "metrics_listen")
              if getattr(old, name) != getattr(new, name)]
     added = [k for k in new.etcd.keys if k not in old.etcd.keys]
     removed = [k for k in old.etcd.keys if k not in new.etcd.keys]
@@ -88,6 +91,9 @@ class Agent:
         self._writer = CheckpointWriter(self.store, CHECKPOINT_INTERVAL, self._configured_targets)
         self._metrics_server: MetricsServer | None = None
         self._config_subscription: Subscription | None = None
+        self.identity = Identity(config.name, HOST.decode(), time.time())
+        self._status_writer: StatusWriter | None = None
+        self.metrics.collect_lag(lambda: lag_by_topic(self.status_document()))
 
     # -- called from other threads or signal handlers: only set flags -------------
 
@@ -103,6 +109,17 @@ class Agent:
     def request_reload(self, reason: str = "an edit of the file") -> None:
         self._reload_reason = reason
         self._reload_requested_at = time.monotonic()
+
+    def status_document(self) -> Document:
+        """This agent's status (any thread: /api/status, the status writer, a scrape)."""
+        with self._lock:
+            declared = list(self._declared.items())
+        owners: dict[tuple[str, str], list[str]] = {}
+        for owner, targets in declared:
+            for target in targets:
+                owners.setdefault(target.id, []).append(owner)
+        return document(self.identity, self.config.etcd.keys, self.sink.health.up,
+                        self.workers.states(), owners)
 
     def health(self) -> str | None:
         """What is wrong, for /healthz; None when healthy."""
@@ -132,6 +149,7 @@ class Agent:
                                                            self.request_reload)
         self._start_metrics()
         self._writer.start()
+        self._start_status()
         self.declare(STATIC_OWNER, self.config.logs)
         self.managers.reconcile({key: key for key in self.config.etcd.keys})
         log.info("agent started: %s, %s, state in %s",
@@ -188,12 +206,26 @@ class Agent:
         return Worker(target, self.config.files, self.config.allowed_paths, self.sink, self.store,
                       self.watcher, self.metrics)
 
+    def _start_status(self) -> None:
+        config = self.config
+        self._status_writer = StatusWriter(self.source, config.status.prefix + config.name,
+                                           config.status, self.status_document)
+        self._status_writer.start()
+
+    def _stop_status(self) -> None:
+        """The writer revokes its lease on the way out: the document goes at once."""
+        if self._status_writer is not None:
+            self._status_writer.stop()
+            self._status_writer.join(STATUS_STOP_TIMEOUT)
+            self._status_writer = None
+
     def _start_metrics(self) -> None:
         listen = self.config.metrics_listen
         if listen is None:
             return
         try:
-            self._metrics_server = MetricsServer(self.metrics, listen, self.health)
+            self._metrics_server = MetricsServer(self.metrics, listen, self.health,
+                                                 self.status_document)
         except OSError as exc:
             log.error("metrics.listen %s:%d: cannot listen: %s; metrics disabled",
                       listen[0], listen[1], exc.strerror)
@@ -237,6 +269,8 @@ class Agent:
         """True when the running workers were restarted (their settings changed)."""
         old = self.config
         self.config = new
+        if new.log != old.log:
+            logs.setup(new.log.level, new.log.format)
         if new.state_dir != old.state_dir:
             log.warning("state_dir changed to %s: takes effect at the next start", new.state_dir)
         if new.metrics_listen != old.metrics_listen:
@@ -250,10 +284,14 @@ class Agent:
                 self.sink.close(timeout=2.0)
                 self.sink = self._adopt_sink(sink)
                 log.info("kafka settings changed: producer rebuilt")
-        if replace(new.etcd, keys=()) != replace(old.etcd, keys=()) \
-                or new.allowed_paths != old.allowed_paths:
+        etcd_changed = replace(new.etcd, keys=()) != replace(old.etcd, keys=())
+        if etcd_changed or new.allowed_paths != old.allowed_paths:
             self.source = EtcdSource(new.etcd)
             self.managers.stop_all()
+        if etcd_changed or new.name != old.name or new.status != old.status:
+            self.identity = replace(self.identity, name=new.name)
+            self._stop_status()
+            self._start_status()
         self.managers.reconcile({key: key for key in new.etcd.keys})
         with self._lock:
             for key in set(self._declared) - set(new.etcd.keys) - {STATIC_OWNER}:
@@ -266,6 +304,7 @@ class Agent:
     def _shutdown(self) -> None:
         """Stop reading, wait for acknowledgements, save offsets, close the clients."""
         log.info("agent stopping")
+        self._stop_status()
         self.managers.stop_all()
         self.workers.stop_all()
         self._writer.stop()

@@ -8,10 +8,13 @@ of config.yaml as they happen. Errors are one clear line, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
+import time
 from contextlib import contextmanager
+from importlib import resources
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -20,11 +23,12 @@ from logship import __version__, logs
 from logship.logs import plural
 from logship.agent import Agent, load
 from logship.checkpoint import prepare_state_dir
-from logship.config import Config, EtcdConfig
+from logship.config import Config, EtcdConfig, expand_key
 from logship.errors import EtcdUnavailable, LogshipError, SpecError
 from logship.etcd_source import ETCD_ERRORS, EtcdSession, EtcdSource, describe
 from logship.sink import reach_broker
 from logship.spec import parse_value
+from logship.status import parse_documents, render
 
 log = logging.getLogger("logship")
 
@@ -64,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("key")
     delete = command("delete", delete_key, "remove KEY from etcd: its files stop shipping")
     delete.add_argument("key")
+    unit = command("install-unit", install_unit, "install the systemd unit and a sample "
+                   "/etc/logship/config.yaml (kept if present)")
+    unit.add_argument("--root", type=Path, default=Path("/"),
+                      help="install under this directory instead of / (to inspect or package)")
+    status = command("status", show_status, "every agent's status document under status.prefix")
+    status.add_argument("--json", action="store_true", help="the documents as one JSON array")
+    status.add_argument("name", nargs="?", help="only the agent of this name")
     return parser
 
 
@@ -86,8 +97,17 @@ def _load(path: Path, strict: bool = False) -> Config:
     return config
 
 
+def _load_with_key(args: argparse.Namespace) -> Config:
+    """put, get and delete expand {name} and {hostname} in KEY as the agent does."""
+    config = _load(args.config)
+    args.key = expand_key(args.key, config.name)
+    return config
+
+
 def run(args: argparse.Namespace) -> int:
-    agent = Agent(args.config, _load(args.config))
+    config = _load(args.config)
+    logs.setup(config.log.level, config.log.format)
+    agent = Agent(args.config, config)
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
     signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
     signal.signal(signal.SIGHUP, lambda *_: agent.request_reload("SIGHUP"))
@@ -137,7 +157,7 @@ def _reach(what: str, attempt: Callable[[], str]) -> bool:
 
 
 def put_value(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load_with_key(args)
     try:
         raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     except OSError as exc:
@@ -157,7 +177,7 @@ def put_value(args: argparse.Namespace) -> int:
 
 
 def delete_key(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load_with_key(args)
     _warn_unwatched(config, args.config, args.key)
     with _etcd(config) as session:
         existed = session.delete(args.key)
@@ -174,8 +194,55 @@ def _warn_unwatched(config: Config, path: Path, key: str) -> None:
                     "watch it", key, path, ", ".join(config.etcd.keys))
 
 
-def get_value(args: argparse.Namespace) -> int:
+def show_status(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    prefix = config.status.prefix
+    with _etcd(config) as session:
+        documents = parse_documents(session.read_prefix(prefix))
+    if args.name is not None:
+        documents = [d for d in documents if d.get("name") == args.name]
+        if not documents:
+            raise LogshipError(f"agent {args.name}: no status under {prefix} (not running, or "
+                               f"stopped longer ago than status.ttl)")
+    if args.json:
+        print(json.dumps(documents, indent=2))
+    else:
+        print(render(documents, time.time()) if documents else f"no agent under {prefix}")
+    return 0
+
+
+def install_unit(args: argparse.Namespace) -> int:
+    """The unit and sample config carried by the package, so a host needs no checkout;
+    the unit's paths are those of this installation."""
+    data = resources.files("logship") / "data"
+    launcher = Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "logship" \
+        else Path(sys.executable).with_name("logship")
+    unit = data.joinpath("logship.service").read_text().replace(DEFAULT_LAUNCHER, str(launcher))
+    unit_path = args.root / "etc/systemd/system/logship.service"
+    config_path = args.root / "etc/logship/config.yaml"
+    unit_path.parent.mkdir(parents=True, exist_ok=True)
+    unit_path.write_text(unit)
+    print(f"wrote {unit_path}")
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    if config_path.exists():
+        print(f"kept {config_path}")
+    else:
+        config_path.write_text(data.joinpath("config.yaml").read_text())
+        config_path.chmod(0o640)
+        print(f"wrote {config_path} (0640; edit etcd and kafka)")
+    print(UNIT_NEXT_STEPS.format(config=config_path))
+    return 0
+
+
+DEFAULT_LAUNCHER = "/opt/logship/bin/logship"
+UNIT_NEXT_STEPS = """next, as root:
+  useradd --system --home-dir /var/lib/logship --shell /usr/sbin/nologin --groups adm logship
+  chgrp logship {config}
+  systemctl daemon-reload && systemctl enable --now logship"""
+
+
+def get_value(args: argparse.Namespace) -> int:
+    config = _load_with_key(args)
     with _etcd(config) as session:
         value, _ = session.read(args.key)
     if value is None:

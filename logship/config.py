@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +29,8 @@ CLIENTS = ("kafka-python", "confluent-kafka")
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
@@ -74,9 +78,27 @@ class FilesConfig:
 
 
 @dataclass(frozen=True)
+class StatusConfig:
+    """The agent's status document in etcd, on a lease that dies with the agent."""
+
+    prefix: str = "/logship/agents/"
+    ttl: int = 15
+    interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "text"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
 class Config:
     etcd: EtcdConfig
     kafka: KafkaConfig
+    name: str = field(default_factory=socket.gethostname)
+    status: StatusConfig = field(default_factory=StatusConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
     logs: tuple[Target, ...] = ()
     allowed_paths: tuple[str, ...] = DEFAULT_ALLOWED_PATHS
@@ -236,11 +258,34 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[Any, str], str]:
     return convert
 
 
-def _etcd(section: _Section, base_dir: Path) -> EtcdConfig:
+PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_key(key: str, name: str, where: str = "key") -> str:
+    """`{name}` (agent.name) and `{hostname}` in an etcd key, so that one config.yaml
+    serves a fleet; any other placeholder is an error naming it."""
+    values = {"name": name, "hostname": socket.gethostname()}
+
+    def value(match: re.Match) -> str:
+        if match.group(1) not in values:
+            raise ConfigError(f"{where}: unknown placeholder {match.group(0)} in {key!r}; "
+                              f"use {{name}} or {{hostname}}")
+        return values[match.group(1)]
+    return PLACEHOLDER.sub(value, key)
+
+
+def _keys(name: str) -> Callable[[Any, str], tuple[str, ...]]:
+    def convert(value: Any, where: str) -> tuple[str, ...]:
+        keys = _list_of(_str)(value, where)
+        return tuple(expand_key(key, name, f"{where}[{i}]") for i, key in enumerate(keys))
+    return convert
+
+
+def _etcd(section: _Section, base_dir: Path, name: str) -> EtcdConfig:
     _refuse_https_without_tls(section)
     config = EtcdConfig(
         endpoints=section.get("endpoints", _list_of(_etcd_endpoint)),
-        keys=section.get("keys", _list_of(_str)),
+        keys=section.get("keys", _keys(name)),
         timeout=section.get("timeout", _number(0.1), 5.0),
         probe_interval=section.get("probe_interval", _number(0.1), 5.0),
         ca_cert=section.get("ca_cert", _readable_file(base_dir), None),
@@ -375,15 +420,44 @@ def _metrics(section: _Section) -> tuple[str, int] | None:
     return section.get("listen", _endpoint, None)
 
 
+def _name(value: Any, where: str) -> str:
+    name = _str(value, where)
+    if "/" in name or name.strip() != name:
+        raise ConfigError(f"{where}: must not hold '/' or surrounding spaces, got {shown(name)}")
+    return name
+
+
+def _status(section: _Section) -> StatusConfig:
+    defaults = StatusConfig()
+    config = StatusConfig(
+        prefix=section.get("prefix", _str, defaults.prefix),
+        ttl=section.get("ttl", _int(2), defaults.ttl),
+        interval=section.get("interval", _number(0.1), defaults.interval),
+    )
+    if config.interval >= config.ttl:
+        raise ConfigError(f"{section.field('interval')}: must be below {section.field('ttl')} "
+                          f"({config.ttl}), or the status would expire between two writes")
+    return config
+
+
+def _log(section: _Section) -> LogConfig:
+    return LogConfig(format=section.get("format", _one_of(LOG_FORMATS), "text"),
+                     level=section.get("level", _one_of(LOG_LEVELS), "info"))
+
+
 def parse_config(data: Any, base_dir: Path) -> Config:
     """Validate a parsed YAML document; relative paths are taken from base_dir."""
     root = _Section(data, "")
     sections = {name: _Section(root.get(name, _as_is, None), name)
-                for name in ("etcd", "kafka", "files", "metrics")}
+                for name in ("agent", "etcd", "kafka", "files", "metrics", "status", "log")}
+    name = sections["agent"].get("name", _name, socket.gethostname())
     state_dir = _resolved(Path(root.get("state_dir", _str, "state")), base_dir)
     config = Config(
-        etcd=_etcd(sections["etcd"], base_dir),
+        etcd=_etcd(sections["etcd"], base_dir, name),
         kafka=_kafka(sections["kafka"], base_dir),
+        name=name,
+        status=_status(sections["status"]),
+        log=_log(sections["log"]),
         files=_files(sections["files"]),
         logs=root.get("logs", _logs, ()),
         allowed_paths=root.get("allowed_paths", _list_of(_allowed_glob), DEFAULT_ALLOWED_PATHS),

@@ -79,8 +79,26 @@ class EtcdSession:
     def version(self) -> str:
         return self._client.status().version
 
-    def put(self, key: str, value: bytes) -> None:
-        self._client.put(key, value)
+    def read_prefix(self, prefix: str) -> list[bytes]:
+        """Every value under the prefix, in key order."""
+        return [value for value, _meta in self._client.get_prefix(prefix, sort_order="ascend")]
+
+    def put(self, key: str, value: bytes, lease: Any = None) -> None:
+        self._client.put(key, value, lease=lease)
+
+    def lease(self, ttl: int) -> Any:
+        """A lease the caller keeps alive with refresh(); its keys go when it expires."""
+        return self._client.lease(ttl)
+
+    def refresh(self, lease: Any) -> None:
+        """etcd3 answers an expired lease with an empty keep-alive reply (TTL 0), not an
+        error: that is an error here, so the caller grants a new one."""
+        replies = lease.refresh()
+        if not replies or replies[0].TTL <= 0:
+            raise EtcdUnavailable(f"lease {lease.id:x} expired")
+
+    def revoke(self, lease: Any) -> None:
+        lease.revoke()
 
     def delete(self, key: str) -> bool:
         """True when the key existed."""

@@ -8,6 +8,7 @@ line of defence, so no input can forge or split a log line.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -49,12 +50,32 @@ class SafeFormatter(logging.Formatter):
             timespec="milliseconds")
 
 
-def setup(level: int = logging.INFO) -> None:
+class JsonFormatter(SafeFormatter):
+    """One JSON object per line for log pipelines: time, level, logger, message, and the
+    key, path and topic the event is about, taken from the message's `key=` / `path=` /
+    `topic=` words, which every such event carries."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = shown(record.getMessage(), MESSAGE_LIMIT)
+        line = {"time": self.formatTime(record), "level": record.levelname,
+                "logger": record.name, "message": record.message}
+        line |= dict(SUBJECT.findall(record.message))
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+SUBJECT = re.compile(r"(?<![\w.])(key|path|topic)=(\S+)")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup(level: str = "info", format: str = "text") -> None:
+    """Called at start and again when config.yaml's `log` section changes."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if format == "json" else SafeFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(level.upper())
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import time
 from typing import Callable
 
 from logship.errors import EtcdUnavailable, LogshipError, SpecError
@@ -43,17 +42,13 @@ class Manager(Service):
             session.events.put(WAKE)
 
     def serve(self) -> None:
-        backoff = Backoff(base=0.5, cap=30.0, stable_after=30.0)
-        while not self.stopping.is_set():
-            started = time.monotonic()
-            try:
-                self._follow()
-            except (LogshipError, *ETCD_ERRORS) as exc:
-                delay = backoff.next_delay(time.monotonic() - started)
-                self._metrics.etcd_errors.labels(self.key).inc()
-                log.warning("key=%s etcd: %s; running workers keep shipping; retrying in %.1fs",
-                            self.key, describe(exc), delay)
-                self.stopping.wait(delay)
+        self.retry(self._follow, (LogshipError, *ETCD_ERRORS), self._failed,
+                   Backoff(base=0.5, cap=30.0, stable_after=30.0))
+
+    def _failed(self, exc: BaseException, delay: float) -> None:
+        self._metrics.etcd_errors.labels(self.key).inc()
+        log.warning("key=%s etcd: %s; running workers keep shipping; retrying in %.1fs",
+                    self.key, describe(exc), delay)
 
     def _follow(self) -> None:
         """Read, then watch from revision + 1 so no change between the two is missed."""

@@ -1,4 +1,5 @@
-"""Prometheus metrics (prometheus-client) and the HTTP endpoint for /metrics and /healthz.
+"""Prometheus metrics (prometheus-client) and the HTTP endpoint for /metrics, /healthz
+and /api/status.
 
 Each agent has its own registry. Hot paths resolve their labelled children once (at
 worker start) and only call inc() per batch. Any other path is a 404, so that a
@@ -7,6 +8,7 @@ misdirected health probe fails instead of reading the metrics page as a 200.
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import threading
@@ -15,6 +17,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Info, ProcessCollector,
                                disable_created_metrics, make_wsgi_app)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from logship import __version__
 
@@ -65,11 +69,27 @@ class Metrics:
                                          "Failed saves of the read offsets to state_dir.",
                                          registry=r)
 
+    def collect_lag(self, lag: Callable[[], dict[str, int]]) -> None:
+        """`logship_lag_bytes{topic}`, computed at scrape time from the workers."""
+        self.registry.register(_LagCollector(lag))
+
     def set_running(self, counts: dict[str, int]) -> None:
         """Publish per-key file counts; a key that was removed disappears."""
         self.workers_running.clear()
         for key, count in counts.items():
             self.workers_running.labels(key).set(count)
+
+
+class _LagCollector(Collector):
+    def __init__(self, lag: Callable[[], dict[str, int]]) -> None:
+        self._lag = lag
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("logship_lag_bytes", "Bytes written to the followed files "
+                                   "and not yet acknowledged by Kafka.", labels=["topic"])
+        for topic, lag in sorted(self._lag().items()):
+            family.add_metric([topic], lag)
+        yield family
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -78,12 +98,13 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class MetricsServer:
-    """Serves /metrics and /healthz on its own thread until stop()."""
+    """Serves /metrics, /healthz and /api/status on its own thread until stop()."""
 
     def __init__(self, metrics: Metrics, listen: tuple[str, int],
-                 health: Callable[[], str | None]) -> None:
+                 health: Callable[[], str | None], status: Callable[[], dict]) -> None:
         self._metrics_app = make_wsgi_app(metrics.registry)
         self._health = health
+        self._status = status
         self._server: WSGIServer = make_server(listen[0], listen[1], self._app,
                                                handler_class=_QuietHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
@@ -99,8 +120,11 @@ class MetricsServer:
             start_response("503 Service Unavailable" if problem else "200 OK",
                            [("Content-Type", "text/plain")])
             return [f"unhealthy: {problem}\n".encode() if problem else b"ok\n"]
+        if path == "/api/status":
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [json.dumps(self._status(), indent=2).encode() + b"\n"]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found: try /metrics or /healthz\n"]
+        return [b"not found: try /metrics, /healthz or /api/status\n"]
 
     def start(self) -> None:
         self._thread.start()

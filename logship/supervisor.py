@@ -47,6 +47,20 @@ class Service(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
 
+    def retry(self, attempt: Callable[[], None], errors: tuple[type[BaseException], ...],
+              on_error: Callable[[BaseException, float], None], backoff: Backoff) -> None:
+        """Run `attempt` until it returns or the service is stopped; after each error,
+        report it with the delay and wait that long (a stop cuts the wait short)."""
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                attempt()
+                return
+            except errors as exc:
+                delay = backoff.next_delay(time.monotonic() - started)
+                on_error(exc, delay)
+                self.stopping.wait(delay)
+
 
 @dataclass
 class Backoff:
@@ -73,10 +87,21 @@ class _Child(Generic[K, S]):
     started: float = 0.0
     restart_at: float = 0.0
     backoff: Backoff = field(default_factory=Backoff)
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class ChildState(Generic[S]):
+    """A child as a status report shows it: running (service set) or awaiting restart."""
+
+    spec: S
+    service: Service | None
+    last_error: str | None
 
 
 class Supervisor(Generic[K, S]):
-    """Owns a set of Service children; only its owner's thread calls its methods."""
+    """Owns a set of Service children; only its owner's thread calls its methods, but
+    for states()."""
 
     def __init__(self, kind: str, factory: Callable[[S], Service],
                  on_restart: Callable[[S], None], backoff: Callable[[], Backoff] = Backoff,
@@ -96,6 +121,12 @@ class Supervisor(Generic[K, S]):
 
     def keys(self) -> set[K]:
         return set(self._children)
+
+    def states(self) -> list[ChildState[S]]:
+        """The one method safe from another thread (a status report): a copy of plain
+        attribute reads, never a wait on the owner."""
+        return [ChildState(c.spec, c.service, c.last_error)
+                for c in list(self._children.values())]
 
     def reconcile(self, desired: Mapping[K, S]) -> None:
         """Stop children no longer desired, start new ones; running ones are left alone."""
@@ -142,6 +173,7 @@ class Supervisor(Generic[K, S]):
         delay = child.backoff.next_delay(now - child.started)
         child.service = None
         child.restart_at = now + delay
+        child.last_error = str(failure) if failure is not None else "exited unexpectedly"
         self._waiting[child.key] = child
         if failure is None:
             log.error("%s %s exited unexpectedly; restarting in %.1fs", self.kind, child.spec, delay)

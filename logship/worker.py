@@ -10,9 +10,11 @@ offset (duplicates possible, loss not).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from logship.checkpoint import CheckpointStore
@@ -56,6 +58,17 @@ class InFlight:
         return delivery is None or delivery.done()
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where a worker stands, for the status document."""
+
+    state: str          # shipping | waiting (no file yet) | held (Kafka cannot take lines)
+    offset: int         # acknowledged, in the file now under the path
+    size: int
+    lag_bytes: int      # not yet acknowledged, rotated files included
+    lines_sent: int     # since this worker started
+
+
 class Worker(Service):
     def __init__(self, target: Target, files: FilesConfig, allowed_paths: tuple[str, ...],
                  sink: Sink, store: CheckpointStore, watcher: DirWatcher, metrics: Metrics) -> None:
@@ -76,6 +89,8 @@ class Worker(Service):
         self._outage: Backoff | None = None
         self._pending_lines = 0
         self._pending_bytes = 0
+        self._tailer: Tailer | None = None
+        self.lines_sent = 0
         self._read_lines = metrics.lines_read.labels(target.topic)
         self._sent = metrics.lines_sent.labels(target.topic)
         self._sent_bytes = metrics.bytes_sent.labels(target.topic)
@@ -88,7 +103,7 @@ class Worker(Service):
         self._wake.set()
 
     def serve(self) -> None:
-        tailer = Tailer(self.target.path, self._settings)
+        tailer = self._tailer = Tailer(self.target.path, self._settings)
         subscription = self._watcher.subscribe(self.target.path, self._wake.set)
         try:
             self._restore(tailer)
@@ -123,6 +138,24 @@ class Worker(Service):
                 self._close_rotated(tailer, time.monotonic())
                 self._watcher.ensure_watched(subscription)
                 self._wait(self._idle_wait(tailer, subscription))
+
+    def progress(self) -> Progress:
+        """Called from the status thread: attribute reads and one stat by name, never a
+        lock or a wait on this worker's thread."""
+        tailer = self._tailer
+        if tailer is None:
+            return Progress("waiting", 0, 0, 0, self.lines_sent)
+        behind = sum(f.offset - f.acked_offset for f in list(tailer.rotated))
+        current = tailer.current
+        if current is None:
+            return Progress("waiting", 0, 0, behind, self.lines_sent)
+        acked, size = current.acked_offset, current.offset
+        with suppress(OSError):
+            st = os.stat(self.target.path)
+            if (st.st_dev, st.st_ino) == current.identity:
+                size = st.st_size
+        state = "shipping" if self._sink.health.up else "held"
+        return Progress(state, acked, size, behind + max(0, size - acked), self.lines_sent)
 
     def _read(self, tailer: Tailer) -> bool:
         """Queue the next chunk; False when there was nothing to read."""
@@ -243,6 +276,7 @@ class Worker(Service):
             delivered += self._resend_refused(batch, [index for index, _ in failures])
         self._sent.inc(delivered)
         self._sent_bytes.inc(batch.nbytes)
+        self.lines_sent += delivered
 
     def _resend_refused(self, batch: InFlight, indices: list[int]) -> int:
         """The broker refused records as too large. A client may fail the records

@@ -23,6 +23,14 @@ def kafka(tmp_path_factory):
     service.stop()
 
 
+@pytest.fixture(scope="module")
+def own_kafka(tmp_path_factory):
+    """A broker of the module's own, to stop and start (not started here)."""
+    service = Kafka(tmp_path_factory.mktemp("kafka-own") / "data")
+    yield service
+    service.stop()
+
+
 @pytest.fixture(scope="session")
 def certificates(tmp_path_factory) -> Certificates:
     """Throw-away CAs and certificates for the security tests, made once."""

@@ -149,18 +149,24 @@ class Etcd(Service):
         with self.client() as client:
             client.delete(key)
 
+    def get(self, key: str) -> bytes | None:
+        with self.client() as client:
+            return client.get(key)[0]
+
 
 ETCD_ROOT_PASSWORD = "etcd-root-secret-0815"
 ETCD_USER, ETCD_PASSWORD = "logship", "etcd-user-secret-4711"
 ETCD_NOBODY = "nobody"
 ETCD_KEY_PREFIX = "/logship-test/"
+ETCD_STATUS_PREFIX = "/logship-test-agents/"
 
 
 class SecureEtcd(Etcd):
     """etcd serving clients over TLS only. With `client_certificates` it requires a client
     certificate signed by the test CA; with `auth` it has users and roles (through
-    etcdctl): root, ETCD_USER who may read the keys under ETCD_KEY_PREFIX, and
-    ETCD_NOBODY (same password) who may read nothing."""
+    etcdctl): root, ETCD_USER who may read the keys under ETCD_KEY_PREFIX and write
+    status documents under ETCD_STATUS_PREFIX, and ETCD_NOBODY (same password) who may
+    do nothing."""
 
     def __init__(self, data_dir: Path, certificates: Certificates, client_certificates: bool,
                  auth: bool) -> None:
@@ -204,6 +210,8 @@ class SecureEtcd(Etcd):
         self._etcdctl("role", "add", "logship-reader")
         self._etcdctl("role", "grant-permission", "logship-reader", "read", ETCD_KEY_PREFIX,
                       "--prefix")
+        self._etcdctl("role", "grant-permission", "logship-reader", "readwrite",
+                      ETCD_STATUS_PREFIX, "--prefix")
         for user in (ETCD_USER, ETCD_NOBODY):
             self._etcdctl("user", "add", user, f"--new-user-password={ETCD_PASSWORD}")
         self._etcdctl("user", "grant-role", ETCD_USER, "logship-reader")

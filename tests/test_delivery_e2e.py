@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
 import time
 
 import pytest
 
 from conftest import CLIENTS
-from harness import (Etcd, Kafka, has_all, numbered, numbers, report_duplicates, rss_bytes,
+from harness import (Etcd, has_all, numbered, numbers, report_duplicates, rss_bytes,
                      wait_until)
 
 pytestmark = pytest.mark.e2e
@@ -184,6 +185,8 @@ def test_etcd_outage_workers_keep_shipping_and_later_changes_apply(
         topic_reader.wait_for(has_all(20), 60, "lines during the outage")
         etcd.start()
         agent.wait_log(f"key={key} watching on {etcd.address}", count=2, timeout=60)
+        status_key = f"/logship/agents/{socket.gethostname()}"
+        wait_until(lambda: etcd.get(status_key), 60, "the status after the outage")
         etcd.put(key, [entry(first, topic), entry(second, topic)])
         agent.wait_log(f"worker started path={second}")
         second.write_bytes(numbered(20, 10))
@@ -191,14 +194,6 @@ def test_etcd_outage_workers_keep_shipping_and_later_changes_apply(
         report_duplicates("etcd outage", topic_reader.records)
     finally:
         etcd.stop()
-
-
-@pytest.fixture(scope="module")
-def own_kafka(tmp_path_factory):
-    """A broker of the test's own, to stop and start."""
-    service = Kafka(tmp_path_factory.mktemp("kafka-own") / "data")
-    yield service
-    service.stop()
 
 
 def test_kafka_unreachable_at_start(etcd, own_kafka, make_agent, reader, key, topic, tmp_path):

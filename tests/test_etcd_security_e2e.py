@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from harness import (ETCD_KEY_PREFIX, ETCD_NOBODY, ETCD_PASSWORD, ETCD_ROOT_PASSWORD,
-                     ETCD_USER, SecureEtcd, logship, numbered, numbers, unique)
+                     ETCD_STATUS_PREFIX, ETCD_USER, SecureEtcd, logship, numbered, numbers,
+                     unique, wait_until)
 
 pytestmark = pytest.mark.e2e
 
@@ -44,13 +45,24 @@ def secure_key():
 
 def ship_one_file(etcd: SecureEtcd, agent_etcd: dict, kafka, make_agent, reader, key, topic,
                   tmp_path):
-    """An agent whose etcd section is `agent_etcd` follows the file the key names."""
+    """An agent whose etcd section is `agent_etcd` follows the file the key names, and
+    its status document reaches etcd (read back by `logship status`)."""
     log = tmp_path / "app.log"
     log.write_bytes(numbered(0, 50))
     etcd.put(key, [{"path": str(log), "topic": topic, "read_from": "beginning"}])
-    agent = make_agent(etcd, kafka, [key], etcd={**agent_etcd, "keys": [key]}).start()
+    name = unique("agent")
+    agent = make_agent(etcd, kafka, [key], etcd={**agent_etcd, "keys": [key]},
+                       agent={"name": name},
+                       status={"prefix": ETCD_STATUS_PREFIX, "ttl": 5, "interval": 0.5}).start()
     agent.wait_log(f"key={key} watching on 127.0.0.1:{etcd.port}")
     assert sorted(numbers(reader(topic).wait_count(50))) == list(range(50))
+    agent.wait_log(f"status {ETCD_STATUS_PREFIX}{name} written")
+
+    def shown():
+        status = logship("status", "--json", "--config", agent.config_path, name)
+        return status.returncode == 0 and json.loads(status.stdout)[0]["files"][0]["lines_sent"]
+    wait_until(shown, 15, "the agent's status through `logship status`")
+    assert ETCD_PASSWORD not in agent.scrape("/api/status")
     return agent
 
 
@@ -87,6 +99,13 @@ def test_a_read_only_user_over_tls_with_only_a_ca_reads_its_keys(
     assert put.returncode == 1
     assert put.stderr.decode() == (f"logship: error: etcd 127.0.0.1:{etcd.port}: "
                                    f"PERMISSION_DENIED: etcdserver: permission denied\n")
+    admin = tmp_path / "admin.yaml"
+    admin.write_text(yaml.safe_dump({**agent.config, "etcd": {**etcd.settings("root"),
+                                                              "keys": [secure_key]}}))
+    admin.chmod(0o600)
+    put = logship("put", "--config", admin, secure_key, value)
+    assert put.returncode == 0, put.stderr
+    agent.wait_log(f"key={secure_key} applied 0 entries")
     for text in (agent.log(), got.stdout.decode(), got.stderr.decode(), put.stderr.decode()):
         assert ETCD_PASSWORD not in text
 

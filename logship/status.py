@@ -1,0 +1,192 @@
+"""The agent's status document, and the thread that keeps it in etcd on a lease.
+
+The document says what an operator asks of a fleet: which agent ships which file, how
+far behind it is, whether Kafka takes lines. It lives under `status.prefix` + name,
+attached to a lease: SIGTERM revokes the lease (the key goes at once), kill -9 lets it
+expire after `status.ttl`. The writer has its own etcd session and thread, so a slow
+or absent etcd never holds up shipping; after an outage it grants a new lease and
+writes again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+from logship import __version__
+from logship.config import StatusConfig
+from logship.errors import EtcdUnavailable, LogshipError
+from logship.etcd_source import ETCD_ERRORS, EtcdSession, EtcdSource, describe
+from logship.spec import Target
+from logship.supervisor import Backoff, ChildState, Service
+
+log = logging.getLogger(__name__)
+
+Document = dict[str, Any]
+
+
+def rfc3339(when: float) -> str:
+    return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What does not change while the agent runs."""
+
+    name: str
+    host: str
+    started: float
+    pid: int = field(default_factory=os.getpid)
+
+
+def document(identity: Identity, keys: Iterable[str], kafka_up: bool,
+             workers: list[ChildState[Target]], owners: dict[tuple[str, str], list[str]]) -> Document:
+    """The status document; `owners` names the keys (or "config") declaring each target."""
+    return {
+        "name": identity.name,
+        "host": identity.host,
+        "pid": identity.pid,
+        "version": __version__,
+        "started": rfc3339(identity.started),
+        "updated": rfc3339(time.time()),
+        "keys": list(keys),
+        "kafka": "ok" if kafka_up else "unavailable",
+        "files": [_file(child, owners.get(child.spec.id, [])) for child in workers],
+    }
+
+
+def _file(child: ChildState[Target], owners: list[str]) -> dict[str, Any]:
+    target = child.spec
+    entry: dict[str, Any] = {"path": target.path, "topic": target.topic, "keys": owners}
+    if child.service is None:
+        entry |= {"state": "error", "offset": 0, "size": 0, "lag_bytes": 0, "lines_sent": 0}
+    else:
+        progress = child.service.progress()
+        entry |= {"state": progress.state, "offset": progress.offset, "size": progress.size,
+                  "lag_bytes": progress.lag_bytes, "lines_sent": progress.lines_sent}
+    entry["last_error"] = child.last_error
+    return entry
+
+
+def lag_by_topic(doc: Document) -> dict[str, int]:
+    lag: dict[str, int] = {}
+    for entry in doc["files"]:
+        lag[entry["topic"]] = lag.get(entry["topic"], 0) + entry["lag_bytes"]
+    return lag
+
+
+class StatusWriter(Service):
+    """Writes the document when it changed (at most every `interval`), and at least
+    once per ttl; keeps the lease alive every `interval`."""
+
+    def __init__(self, source: EtcdSource, key: str, config: StatusConfig,
+                 build: Callable[[], Document]) -> None:
+        super().__init__(name="status")
+        self.key = key
+        self._source = source
+        self._config = config
+        self._build = build
+        self._failing = False
+
+    def serve(self) -> None:
+        self.retry(self._publish, (LogshipError, *ETCD_ERRORS), self._failed,
+                   Backoff(base=0.5, cap=30.0, stable_after=30.0))
+
+    def _failed(self, exc: BaseException, delay: float) -> None:
+        """Said once per outage: shipping does not depend on it."""
+        if not self._failing:
+            log.warning("status %s: etcd: %s; shipping goes on; retrying in %.1fs",
+                        self.key, describe(exc), delay)
+        self._failing = True
+
+    def _publish(self) -> None:
+        """One session and one lease, revoked when the agent stops."""
+        session = self._source.connect()
+        try:
+            lease = session.lease(self._config.ttl)
+            self._write_until_stopped(session, lease)
+            session.revoke(lease)
+        except ETCD_ERRORS as exc:
+            raise EtcdUnavailable(session.explain(exc)) from None
+        finally:
+            session.close()
+
+    def _write_until_stopped(self, session: EtcdSession, lease: Any) -> None:
+        written: Document | None = None
+        written_at = 0.0
+        while not self.stopping.is_set():
+            doc = self._build()
+            now = time.monotonic()
+            if _changed(written, doc) or now - written_at >= self._config.ttl - self._config.interval:
+                session.put(self.key, json.dumps(doc).encode(), lease)
+                if written is None:
+                    log.info("status %s written%s", self.key, " again" if self._failing else "")
+                    self._failing = False
+                written, written_at = doc, now
+            session.refresh(lease)
+            self.stopping.wait(self._config.interval)
+
+
+def _changed(before: Document | None, after: Document) -> bool:
+    """Ignoring the time it was made."""
+    return before is None or {**before, "updated": None} != {**after, "updated": None}
+
+
+def parse_documents(values: Iterable[bytes]) -> list[Document]:
+    """Status documents as read from etcd; a value that is not one is left out (it is
+    not ours to judge), so one bad key does not hide the fleet."""
+    documents = []
+    for value in values:
+        try:
+            doc = json.loads(value)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("files"), list):
+            documents.append(doc)
+    return documents
+
+
+def render(documents: list[Document], now: float) -> str:
+    """`logship status`: one row per agent, then each agent's files."""
+    rows = [("NAME", "HOST", "UPDATED", "FILES", "LAG", "KAFKA")]
+    rows += [(d.get("name", "?"), d.get("host", "?"), _ago(d.get("updated"), now),
+              str(len(d["files"])), _bytes(sum(f.get("lag_bytes", 0) for f in d["files"])),
+              d.get("kafka", "?")) for d in documents]
+    parts = [_table(rows)]
+    for d in documents:
+        files = [("PATH", "TOPIC", "STATE", "LAG", "LAST ERROR")]
+        files += [(f.get("path", "?"), f.get("topic", "?"), f.get("state", "?"),
+                   _bytes(f.get("lag_bytes", 0)), f.get("last_error") or "")
+                  for f in d["files"]]
+        parts.append(f"\n{d.get('name', '?')}:\n" + _table(files, indent="  "))
+    return "\n".join(parts)
+
+
+def _table(rows: list[tuple[str, ...]], indent: str = "") -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in rows)
+
+
+def _ago(updated: Any, now: float) -> str:
+    try:
+        seconds = now - datetime.fromisoformat(str(updated)).timestamp()
+    except ValueError:
+        return "?"
+    return f"{max(0, round(seconds))}s ago"
+
+
+def _bytes(count: float) -> str:
+    unit = 0
+    while count >= 1024 and unit < len(UNITS) - 1:
+        count /= 1024
+        unit += 1
+    return f"{count:.0f} B" if unit == 0 else f"{count:.1f} {UNITS[unit]}"
+
+
+UNITS = ("B", "KiB", "MiB", "GiB", "TiB")

@@ -1,0 +1,139 @@
+"""A fleet seen and steered through etcd: agent names, per-agent keys, the status
+document on a lease, `logship status`, /api/status, the lag gauge and JSON logs."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from harness import Agent, logship, numbered, unique, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def fleet_agent(workdir, etcd, kafka, name: str, prefix: str, **sections) -> Agent:
+    workdir.mkdir(exist_ok=True)
+    return Agent(workdir, etcd, kafka, [prefix + "hosts/{name}"], agent={"name": name},
+                 status={"prefix": prefix + "agents/", "ttl": 3, "interval": 0.5}, **sections)
+
+
+def statuses(agent: Agent, *args: str) -> list[dict]:
+    result = logship("status", "--json", "--config", agent.config_path, *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def status_of(agent: Agent, name: str) -> dict | None:
+    return next((d for d in statuses(agent) if d["name"] == name), None)
+
+
+@pytest.fixture
+def prefix():
+    return f"/{unique('fleet')}/"
+
+
+def test_two_agents_read_their_own_keys_and_show_in_status(etcd, kafka, reader, prefix, topic,
+                                                          tmp_path):
+    agents = {name: fleet_agent(tmp_path / name, etcd, kafka, name, prefix,
+                                log={"format": "json"})
+              for name in ("web-a", "web-b")}
+    try:
+        for name, agent in agents.items():
+            log = agent.workdir / "app.log"
+            log.write_bytes(b"")
+            value = agent.workdir / "value.json"
+            value.write_text(json.dumps([{"path": str(log), "topic": topic}]))
+            put = logship("put", "--config", agent.config_path, prefix + "hosts/{name}", value)
+            assert put.stdout.decode() == f"key={prefix}hosts/{name}: wrote 1 entry\n", put.stderr
+            agent.start().wait_log(f"worker started path={log}")
+            log.write_bytes(b"from %s\n" % name.encode())
+        records = reader(topic).wait_count(2)
+        assert sorted(r.value for r in records) == [b"from web-a", b"from web-b"]
+        wait_until(lambda: all(status_of(agents["web-a"], n) for n in agents), 10, "both agents")
+        for name, agent in agents.items():
+            doc = status_of(agent, name)
+            assert doc["keys"] == [f"{prefix}hosts/{name}"]
+            assert doc["kafka"] == "ok" and doc["pid"] == agent.proc.pid
+            [entry] = doc["files"]
+            assert entry["path"] == str(agent.workdir / "app.log")
+            assert entry["keys"] == [f"{prefix}hosts/{name}"]
+            wait_until(lambda: status_of(agent, name)["files"][0]["lines_sent"] == 1, 10,
+                       f"{name}'s line counted")
+        table = logship("status", "--config", agents["web-a"].config_path).stdout.decode()
+        assert table.startswith("NAME ") and "web-a" in table and "web-b" in table
+        assert len(statuses(agents["web-b"], "web-b")) == 1
+        lines = [json.loads(line) for line in agents["web-a"].log().splitlines()]
+        started = [line for line in lines if line["message"].startswith("worker started")]
+        assert started[0]["path"] == str(agents["web-a"].workdir / "app.log")
+        assert started[0]["topic"] == topic and started[0]["level"] == "INFO"
+    finally:
+        for agent in agents.values():
+            if agent.proc is not None:
+                agent.kill()
+
+
+def test_sigterm_removes_the_status_at_once_and_kill_9_lets_it_expire(etcd, kafka, prefix,
+                                                                       tmp_path):
+    agent = fleet_agent(tmp_path, etcd, kafka, "web-c", prefix)
+    agent.config["status"]["ttl"] = 60
+    agent.write_config()
+    agent.start()
+    wait_until(lambda: status_of(agent, "web-c"), 15, "the status document")
+    assert agent.stop() == 0
+    assert status_of(agent, "web-c") is None, "revoked with the lease, long before its ttl"
+    agent.config["status"]["ttl"] = 3
+    agent.write_config()
+    agent.start()
+    wait_until(lambda: status_of(agent, "web-c"), 15, "the status document again")
+    agent.signal(signal.SIGKILL)
+    agent.proc.wait()
+    agent.proc = None
+    wait_until(lambda: status_of(agent, "web-c") is None, 30, "the lease to expire")
+
+
+def test_status_shows_lag_while_kafka_is_down_and_none_after(etcd, own_kafka, reader, prefix,
+                                                            topic, tmp_path):
+    if own_kafka.proc is None:
+        own_kafka.start()
+    agent = fleet_agent(tmp_path, etcd, own_kafka, "web-d", prefix)
+    log = tmp_path / "app.log"
+    log.write_bytes(b"")
+    etcd.put(prefix + "hosts/web-d", [{"path": str(log), "topic": topic}])
+    try:
+        agent.start().wait_log(f"worker started path={log}")
+        log.write_bytes(numbered(0, 10))
+        reader(topic, own_kafka).wait_count(10)
+        own_kafka.stop()
+        with log.open("ab") as f:
+            f.write(numbered(10, 1000))
+
+        def held():
+            doc = status_of(agent, "web-d")
+            return doc if doc and doc["kafka"] == "unavailable" and doc["files"][0]["lag_bytes"] else None
+        doc = wait_until(held, 60, "a status with lag while Kafka is down")
+        assert doc["files"][0]["state"] == "held"
+        assert doc["files"][0]["size"] == log.stat().st_size
+        assert agent.metric("logship_lag_bytes", topic=topic) > 0
+        api = json.loads(agent.scrape("/api/status"))
+        assert api["name"] == "web-d" and api["files"][0]["lag_bytes"] > 0
+        own_kafka.start()
+
+        def caught_up():
+            doc = status_of(agent, "web-d")
+            return doc and doc["kafka"] == "ok" and doc["files"][0]["lag_bytes"] == 0
+        wait_until(caught_up, 120, "the lag to drop to 0 after Kafka returned")
+        assert agent.metric("logship_lag_bytes", topic=topic) == 0
+        assert json.loads(agent.scrape("/api/status"))["files"][0]["state"] == "shipping"
+    finally:
+        if agent.proc is not None:
+            agent.kill()
+
+
+def test_status_says_when_etcd_cannot_be_reached(kafka, tmp_path):
+    agent = fleet_agent(tmp_path, ["127.0.0.1:1"], kafka, "web-e", "/x/")
+    result = logship("status", "--config", agent.config_path)
+    assert result.returncode == 1
+    assert result.stderr.decode() == ("logship: error: no etcd endpoint answered (127.0.0.1:1: "
+                                      "connection refused)\n")
