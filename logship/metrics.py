@@ -41,8 +41,12 @@ class Metrics:
         self.send_errors = Counter("logship_send_errors", "Records Kafka failed to acknowledge.",
                                    ["topic"], registry=r)
         self.lines_skipped = Counter("logship_lines_skipped",
-                                     "Lines deliberately not shipped (too large, truncated).",
+                                     "Lines deliberately not shipped, whole or in part "
+                                     "(too_large, truncated, filtered).",
                                      ["topic", "reason"], registry=r)
+        self.invalid_json = Counter("logship_lines_invalid_json",
+                                    "Lines of a json_message entry that are not a JSON object "
+                                    "(shipped as a string).", ["topic"], registry=r)
         self.workers_running = Gauge("logship_workers_running",
                                      "Files followed per etcd key ('config' for logs:).", ["key"],
                                      registry=r)

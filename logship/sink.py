@@ -3,13 +3,15 @@
 Each client lives in a module of its own, the only importer of its library:
 `sink_kafka_python` (the default) and `sink_confluent` (librdkafka, the fast path, an
 optional extra). Both keep one contract: acks=all with idempotence, records identical
-(value = the line, key = the file's path, headers path, host, offset), delivery known
+(value = the line, key = the file's path by default, headers path, host, offset and the
+entry's constant fields), delivery known
 per batch of lines so that an offset never passes an unacknowledged line, and the
 agent-wide in-flight budget, since neither client caps memory the way we need.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -22,6 +24,7 @@ from logship.netprobe import TlsFiles, endpoint_failure, tcp_failure
 
 if TYPE_CHECKING:
     from logship.config import KafkaConfig
+    from logship.spec import Target
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,20 @@ class Sent:
 class Resent:
     delivered: int = 0
     too_large: int = 0
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What every record of one worker carries besides its value: the record key (the
+    file's path, the host, or none) and the headers; `offset` goes between the fixed
+    headers (path, host) and the entry's constant fields."""
+
+    key: bytes | None
+    head: tuple[tuple[str, bytes], ...]
+    tail: tuple[tuple[str, bytes], ...] = ()
+
+    def headers(self, offset: int) -> list[tuple[str, bytes]]:
+        return [*self.head, ("offset", b"%d" % offset), *self.tail]
 
 
 class InFlightBudget:
@@ -163,9 +180,18 @@ class Sink(ABC):
         self.health = KafkaHealth(config.bootstrap_servers, tls, on_error)
         self.host = host
 
+    def envelope(self, target: Target) -> Envelope:
+        """The record key and headers of a target's records, made once per worker."""
+        options = target.options
+        path = target.path.encode()
+        key = {"path": path, "host": self.host, "none": None}[options.key]
+        tail = tuple((name, _header_value(value)) for name, value in options.fields) \
+            if options.format == "raw" else ()
+        return Envelope(key, (("path", path), ("host", self.host)), tail)
+
     @abstractmethod
-    def send(self, topic: str, key: bytes, lines: Sequence[bytes], offsets: Sequence[int],
-             wake: Wake) -> Sent:
+    def send(self, topic: str, envelope: Envelope, lines: Sequence[bytes],
+             offsets: Sequence[int], wake: Wake) -> Sent:
         """Hand lines over in order; `wake` is called (on any thread) when the batch is
         settled. Stops early when Kafka cannot take records now (`Sent.unavailable`)."""
 
@@ -179,7 +205,7 @@ class Sink(ABC):
         producer if that left it unusable (once per generation)."""
 
     @abstractmethod
-    def resend_alone(self, topic: str, key: bytes, lines: Sequence[bytes],
+    def resend_alone(self, topic: str, envelope: Envelope, lines: Sequence[bytes],
                      offsets: Sequence[int], timeout: float) -> Resent:
         """Resend each record in a request of its own and wait, so that only a record
         that is too large by itself fails."""
@@ -217,8 +243,9 @@ def managed_security(names: dict[str, str]) -> dict[str, str]:
     return {name: f"kafka.{field}" for field, name in names.items()}
 
 
-def headers(key: bytes, host: bytes, offset: int) -> list[tuple[str, bytes]]:
-    return [("path", key), ("host", host), ("offset", b"%d" % offset)]
+def _header_value(value: str | int | float | bool) -> bytes:
+    """A constant field as a header: its JSON text, but a string is its own bytes."""
+    return value.encode() if isinstance(value, str) else json.dumps(value).encode()
 
 
 def open_sink(config: KafkaConfig, host: bytes, on_error: OnError) -> Sink:

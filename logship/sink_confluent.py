@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import TYPE_CHECKING, Any, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from logship.errors import ConfigError, SinkError
-from logship.sink import (OnError, Resent, Sent, Sink, Wake, headers, line_failures,
+from logship.sink import (Envelope, OnError, Resent, Sent, Sink, Wake, line_failures,
                           managed_security, security_settings)
 from logship.supervisor import Service
 
@@ -113,7 +114,8 @@ class BatchDelivery:
 
     A failed message no longer has its headers, so a failure is known by its place in
     the batch: the reports of one partition come in produce order, and every record of
-    a batch has the same key, so the same partition."""
+    a batch with a key has the same key, so the same partition. Records without a key
+    may go to several partitions: each then reports through `at(its index)`."""
 
     __slots__ = ("total", "acked", "errors", "skipped", "wake", "on_success")
 
@@ -126,8 +128,14 @@ class BatchDelivery:
         self.on_success = on_success
 
     def __call__(self, error: KafkaError | None, _message: Any) -> None:
+        self.report(self.acked, error)
+
+    def at(self, index: int) -> Callable[[KafkaError | None, Any], None]:
+        return partial(self.report, index)
+
+    def report(self, index: int, error: KafkaError | None, _message: Any = None) -> None:
         if error is not None:
-            self.errors.append((self.acked, KafkaException(error)))
+            self.errors.append((index, KafkaException(error)))
         self.acked += 1
         if self.acked == self.total:
             if not self.errors:
@@ -138,7 +146,7 @@ class BatchDelivery:
         return self.acked == self.total
 
     def failures(self) -> list[tuple[int, BaseException]]:
-        return line_failures(self.errors, self.skipped)
+        return line_failures(sorted(self.errors, key=lambda failure: failure[0]), self.skipped)
 
 
 class _Poller(Service):
@@ -213,20 +221,19 @@ class ConfluentSink(Sink):
         code = error.args[0].code() if isinstance(error, KafkaException) and error.args else None
         return code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD)
 
-    def send(self, topic: str, key: bytes, lines: Sequence[bytes], offsets: Sequence[int],
-             wake: Wake) -> Sent:
+    def send(self, topic: str, envelope: Envelope, lines: Sequence[bytes],
+             offsets: Sequence[int], wake: Wake) -> Sent:
         if self._fatal is not None:
             self._replace_fatal_producer()
         sent = Sent(0)
         batch = BatchDelivery(sent.skipped, wake, self.health.available)
         produce = self.producer.produce
-        path_header = ("path", key)
-        host_header = ("host", self.host)
+        key, head, tail = envelope.key, envelope.head, envelope.tail
         try:
             for line, offset in zip(lines, offsets):
                 try:
-                    produce(topic, line, key, on_delivery=batch, headers=[
-                        path_header, host_header, ("offset", b"%d" % offset)])
+                    produce(topic, line, key, headers=[*head, ("offset", b"%d" % offset), *tail],
+                            on_delivery=batch if key is not None else batch.at(sent.count))
                 except KafkaException as exc:
                     if not self.is_too_large(exc):
                         raise
@@ -245,7 +252,7 @@ class ConfluentSink(Sink):
     def recover(self, generation: int) -> None:
         """librdkafka fails the refused message set alone and keeps going."""
 
-    def resend_alone(self, topic: str, key: bytes, lines: Sequence[bytes],
+    def resend_alone(self, topic: str, envelope: Envelope, lines: Sequence[bytes],
                      offsets: Sequence[int], timeout: float) -> Resent:
         """One message per message set and one request in flight, without idempotence,
         through a producer that the poller never polls: each report arrives in the flush()
@@ -258,7 +265,7 @@ class ConfluentSink(Sink):
             producer = self._isolation
         resent = Resent()
         for line, offset in zip(lines, offsets):
-            error = self._send_alone(producer, topic, key, line, offset, timeout)
+            error = self._send_alone(producer, topic, envelope, line, offset, timeout)
             if error is None:
                 resent.delivered += 1
             elif self.is_too_large(KafkaException(error)):
@@ -267,11 +274,11 @@ class ConfluentSink(Sink):
                 raise SinkError(f"topic={topic}: resend failed: {error.str()}")
         return resent
 
-    def _send_alone(self, producer: Producer, topic: str, key: bytes, line: bytes, offset: int,
-                    timeout: float) -> KafkaError | None:
+    def _send_alone(self, producer: Producer, topic: str, envelope: Envelope, line: bytes,
+                    offset: int, timeout: float) -> KafkaError | None:
         reports: list[KafkaError | None] = []
         try:
-            producer.produce(topic, line, key, headers=headers(key, self.host, offset),
+            producer.produce(topic, line, envelope.key, headers=envelope.headers(offset),
                              on_delivery=lambda error, _message: reports.append(error))
         except KafkaException as exc:
             return exc.args[0]

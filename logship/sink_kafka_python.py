@@ -20,7 +20,7 @@ from kafka.partitioner.default import DefaultPartitioner
 from kafka.producer.future import FutureRecordMetadata
 
 from logship.errors import ConfigError, SinkError
-from logship.sink import (OnError, Resent, Sent, Sink, Wake, line_failures,
+from logship.sink import (Envelope, OnError, Resent, Sent, Sink, Wake, line_failures,
                           managed_security, security_settings)
 
 if TYPE_CHECKING:
@@ -211,10 +211,10 @@ class KafkaPythonSink(Sink):
     def is_too_large(self, error: BaseException) -> bool:
         return isinstance(error, (MessageSizeTooLargeError, RecordListTooLargeError))
 
-    def send(self, topic: str, key: bytes, lines: Sequence[bytes], offsets: Sequence[int],
-             wake: Wake) -> Sent:
+    def send(self, topic: str, envelope: Envelope, lines: Sequence[bytes],
+             offsets: Sequence[int], wake: Wake) -> Sent:
         sent = Sent(self._generation)
-        futures = self._produce(self._producer, sent, topic, key, lines, offsets)
+        futures = self._produce(self._producer, sent, topic, envelope, lines, offsets)
         if futures:
             futures[-1].add_callback(lambda _: self.health.available())
             futures[-1].add_both(lambda _: wake())
@@ -223,17 +223,16 @@ class KafkaPythonSink(Sink):
             self.health.unavailable("metadata")
         return sent
 
-    def _produce(self, producer: KafkaProducer, sent: Sent, topic: str, key: bytes,
+    def _produce(self, producer: KafkaProducer, sent: Sent, topic: str, envelope: Envelope,
                  lines: Sequence[bytes], offsets: Sequence[int]) -> list[FutureRecordMetadata]:
         futures: list[FutureRecordMetadata] = []
         send = producer.send
-        path_header = ("path", key)
-        host_header = ("host", self.host)
+        key, head, tail = envelope.key, envelope.head, envelope.tail
         try:
             for line, offset in zip(lines, offsets):
                 try:
                     futures.append(send(topic, value=line, key=key, headers=[
-                        path_header, host_header, ("offset", b"%d" % offset)]))
+                        *head, ("offset", b"%d" % offset), *tail]))
                 except MessageSizeTooLargeError:
                     sent.skipped.append(sent.count)
                 sent.count += 1
@@ -255,7 +254,7 @@ class KafkaPythonSink(Sink):
                     "below kafka.max_request_size?)")
         old.close(timeout=0)
 
-    def resend_alone(self, topic: str, key: bytes, lines: Sequence[bytes],
+    def resend_alone(self, topic: str, envelope: Envelope, lines: Sequence[bytes],
                      offsets: Sequence[int], timeout: float) -> Resent:
         """Through a producer without idempotence and one request in flight: there
         kafka-python splits a refused batch down to the record that is too large, and
@@ -267,7 +266,7 @@ class KafkaPythonSink(Sink):
                     linger_ms=0)
             producer = self._isolation
         sent = Sent(self._generation)
-        futures = self._produce(producer, sent, topic, key, lines, offsets)
+        futures = self._produce(producer, sent, topic, envelope, lines, offsets)
         if sent.unavailable:
             raise SinkError(f"topic={topic}: resend failed: {sent.unavailable}")
         producer.flush(timeout=timeout)

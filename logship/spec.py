@@ -17,10 +17,27 @@ from logship.errors import SpecError
 from logship.logs import shown
 
 READ_FROM = ("end", "beginning")
+FORMATS = ("raw", "json")
+KEYS = ("path", "host", "none")
 PATH_MAX = 4096
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
-_FIELDS = {"path", "topic", "read_from"}
+_FIELDS = {"path", "topic", "read_from", "include_lines", "exclude_lines", "format", "fields",
+           "json_message", "key"}
+RESERVED_FIELDS = ("@timestamp", "message", "path", "host", "offset")
 _INT_DIGITS = 4300   # Python's int-parsing limit (sys.get_int_max_str_digits)
+
+
+@dataclass(frozen=True)
+class Options:
+    """How an entry's lines become records (Filebeat's meaning where it has one): filters
+    (include first, then exclude), the record format and key, constant fields."""
+
+    include_lines: tuple[str, ...] = ()
+    exclude_lines: tuple[str, ...] = ()
+    format: str = "raw"
+    fields: tuple[tuple[str, str | int | float | bool], ...] = ()
+    json_message: bool = False
+    key: str = "path"
 
 
 @dataclass(frozen=True)
@@ -30,6 +47,7 @@ class Target:
     path: str
     topic: str
     read_from: str = "end"
+    options: Options = Options()
 
     @property
     def id(self) -> tuple[str, str]:
@@ -109,7 +127,56 @@ def parse_entry(entry: Any) -> Target:
         raise ValueError(f"topic: not a valid Kafka topic name: {_js(topic)}")
     if read_from not in READ_FROM:
         raise ValueError(f"read_from: must be 'end' or 'beginning', got {_js(read_from)}")
-    return Target(path, topic, read_from)
+    return Target(path, topic, read_from, _options(entry))
+
+
+def _options(entry: dict) -> Options:
+    options = Options(
+        include_lines=_regexes(entry, "include_lines"),
+        exclude_lines=_regexes(entry, "exclude_lines"),
+        format=_choice(entry, "format", FORMATS),
+        fields=_constant_fields(entry.get("fields", {})),
+        json_message=entry.get("json_message", False),
+        key=_choice(entry, "key", KEYS),
+    )
+    if not isinstance(options.json_message, bool):
+        raise ValueError(f"json_message: must be true or false, got {_js(options.json_message)}")
+    if options.json_message and options.format != "json":
+        raise ValueError("json_message: needs \"format\": \"json\"")
+    return options
+
+
+def _choice(entry: dict, name: str, choices: tuple[str, ...]) -> str:
+    value = entry.get(name, choices[0])
+    if value not in choices:
+        raise ValueError(f"{name}: must be one of {', '.join(choices)}, got {_js(value)}")
+    return value
+
+
+def _regexes(entry: dict, name: str) -> tuple[str, ...]:
+    """Compiled here once to refuse a bad one with its entry; the worker compiles again."""
+    patterns = entry.get(name, [])
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"{name}: must be a list of regular expressions, got {_js(patterns)}")
+    for index, pattern in enumerate(patterns):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{name}[{index}]: invalid regular expression {_js(pattern)}: "
+                             f"{exc}") from None
+    return tuple(patterns)
+
+
+def _constant_fields(fields: Any) -> tuple[tuple[str, str | int | float | bool], ...]:
+    if not isinstance(fields, dict):
+        raise ValueError(f"fields: must be an object of constant fields, got {_js(fields)}")
+    for name, value in fields.items():
+        if name in RESERVED_FIELDS or not name:
+            raise ValueError(f"fields: {_js(name)} is a field of every record; pick another name")
+        if not isinstance(value, (str, int, float, bool)) or isinstance(value, HugeNumber):
+            raise ValueError(f"fields.{shown(name)}: must be a string, number or boolean, "
+                             f"got {_js(value)}")
+    return tuple(sorted(fields.items()))
 
 
 def _json_type(value: Any) -> str:

@@ -129,8 +129,10 @@ class Supervisor(Generic[K, S]):
                 for c in list(self._children.values())]
 
     def reconcile(self, desired: Mapping[K, S]) -> None:
-        """Stop children no longer desired, start new ones; running ones are left alone."""
-        removed = [key for key in self._children if key not in desired]
+        """Stop children no longer desired, restart those whose spec changed, start new
+        ones; the others are left alone."""
+        removed = [key for key, child in self._children.items()
+                   if key not in desired or desired[key] != child.spec]
         for key in removed:
             self._waiting.pop(key, None)
         self._stop([self._children.pop(key) for key in removed])

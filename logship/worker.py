@@ -23,6 +23,7 @@ from logship.errors import SinkError
 from logship.fswatch import MISSING, DirWatcher, Subscription
 from logship.logs import plural
 from logship.metrics import Metrics
+from logship.processors import Processor
 from logship.sink import Sent, Sink
 from logship.spec import Target
 from logship.supervisor import Backoff, Service
@@ -81,7 +82,9 @@ class Worker(Service):
         self._sink = sink
         self._store = store
         self._watcher = watcher
-        self._key = target.path.encode()
+        self._envelope = sink.envelope(target)
+        self._processor = Processor(target, sink.host.decode()) \
+            if Processor.needed(target.options) else None
         self._wake = threading.Event()
         self._pending: deque[InFlight] = deque()
         self._queued: Chunk | None = None
@@ -97,6 +100,8 @@ class Worker(Service):
         self._errors = metrics.send_errors.labels(target.topic)
         self._too_large = metrics.lines_skipped.labels(target.topic, "too_large")
         self._truncated = metrics.lines_skipped.labels(target.topic, "truncated")
+        self._filtered = metrics.lines_skipped.labels(target.topic, "filtered")
+        self._invalid_json = metrics.invalid_json.labels(target.topic)
 
     def stop(self) -> None:
         super().stop()
@@ -167,9 +172,21 @@ class Worker(Service):
             self._truncated.inc(chunk.truncated)
             log.warning("%s: %s longer than files.max_line_bytes truncated", self.target,
                         plural(chunk.truncated, "line", "lines"))
+        if chunk.lines and self._processor is not None:
+            self._process(chunk)
         if chunk.lines:
             self._queued, self._queued_at = chunk, 0
         return True
+
+    def _process(self, chunk: Chunk) -> None:
+        """Filters and format, in place. A chunk whose every line was filtered out still
+        moves the offset: as an empty batch, in order behind those in flight."""
+        processed = self._processor.process(chunk.lines, chunk.offsets)
+        chunk.lines, chunk.offsets = processed.lines, processed.offsets
+        self._filtered.inc(processed.filtered)
+        self._invalid_json.inc(processed.invalid_json)
+        if not chunk.lines:
+            self._track(InFlight(chunk.file, chunk.end_offset, [], [], Sent(0), time.monotonic()))
 
     def _wait(self, timeout: float | None) -> None:
         self._wake.wait(timeout)
@@ -207,7 +224,7 @@ class Worker(Service):
         """Send the next slice of the queued chunk, so that acks and stop stay responsive."""
         chunk, start = self._queued, self._queued_at
         stop = min(start + SEND_BATCH, len(chunk.lines))
-        sent = self._sink.send(self.target.topic, self._key, chunk.lines[start:stop],
+        sent = self._sink.send(self.target.topic, self._envelope, chunk.lines[start:stop],
                                chunk.offsets[start:stop], self._wake.set)
         stop = start + sent.count
         end_offset = chunk.offsets[stop] if stop < len(chunk.lines) else chunk.end_offset
@@ -283,7 +300,7 @@ class Worker(Service):
         around the culprit too (kafka-python with idempotence fails every one behind
         it), so all of them are resent alone: only the one really too large is skipped."""
         self._sink.recover(batch.sent.generation)
-        resent = self._sink.resend_alone(self.target.topic, self._key,
+        resent = self._sink.resend_alone(self.target.topic, self._envelope,
                                          [batch.lines[i] for i in indices],
                                          [batch.offsets[i] for i in indices], RESEND_TIMEOUT)
         if resent.too_large:

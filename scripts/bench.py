@@ -24,7 +24,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -208,18 +207,27 @@ def ship_with_logship(etcd: Etcd, kafka: Kafka, workdir: Path, entries: list[dic
     return agent, time.perf_counter() - started, cpu_seconds(agent.proc.pid) - cpu
 
 
+PROCESSED = {"include_lines": ["^[0-9]"], "exclude_lines": ["ERROR"], "format": "json",
+             "fields": {"service": "bench"}}
+"""Entry options that keep every line (each is still matched by both filters, the
+exclude regex scanning the whole line) and make each record a JSON document: the cost
+of processing, against the plain entry on the same client."""
+
+
 def bench_logship(etcd: Etcd, kafka: Kafka, path: Path, lines: int, client: str,
-                  tmp: Path) -> Result:
-    topic = f"bench-{client}"
-    workdir = tmp / f"logship-{client}"     # a state_dir of its own: starts from offset 0
+                  tmp: Path, options: dict | None = None) -> Result:
+    name = f"{client}-processed" if options else client
+    topic = f"bench-{name}"
+    workdir = tmp / f"logship-{name}"       # a state_dir of its own: starts from offset 0
     workdir.mkdir()
     shipped = workdir / path.name
     os.link(path, shipped)
-    entries = [{"path": str(shipped), "topic": topic, "read_from": "beginning"}]
+    entries = [{"path": str(shipped), "topic": topic, "read_from": "beginning", **(options or {})}]
     agent, seconds, cpu = ship_with_logship(etcd, kafka, workdir, entries, client, lines, topic)
     rss = memory(agent.proc.pid, "VmHWM")
     agent.stop()
-    return Result(f"logship ({client})", lines, seconds, cpu, rss)
+    label = f"logship ({client}, filters + json)" if options else f"logship ({client})"
+    return Result(label, lines, seconds, cpu, rss)
 
 
 # -- latency ------------------------------------------------------------------------------
@@ -350,8 +358,8 @@ def main() -> None:
             results = [progress(bench_bare_loop(kafka, path)),
                        progress(bench_kcat(kafka, path, lines)),
                        progress(bench_rsyslog(kafka, path, lines, tmp))]
-            results += [progress(bench_logship(etcd, kafka, path, lines, client, tmp))
-                        for client in CLIENTS]
+            results += [progress(bench_logship(etcd, kafka, path, lines, client, tmp, options))
+                        for client in CLIENTS for options in (None, PROCESSED)]
             latency = {client: progress(bench_latency(etcd, kafka, client, tmp), client)
                        for client in CLIENTS}
             idle = {(files, client): progress(bench_idle(etcd, kafka, files, client, tmp), files)
