@@ -1,5 +1,5 @@
 """What an entry asks to be done to its lines before they are sent (Filebeat's
-processors): line filters, then the record format.
+processors): multiline events first, then line filters, then the record format.
 
 Built once per worker, and only when the entry asks for something: a plain entry's lines
 go to the sink untouched. Work is per chunk where it can be (one timestamp per read, one
@@ -15,13 +15,14 @@ from datetime import datetime, timezone
 from json.encoder import encode_basestring
 from typing import Callable
 
-from logship.spec import Options, Target
+from logship.spec import Multiline, Options, Target
+from logship.tailer import Chunk, FollowedFile
 
 
 @dataclass
 class Processed:
-    lines: list[bytes]
-    offsets: list[int]
+    """What processing dropped or could not parse, for the metrics."""
+
     filtered: int = 0
     invalid_json: int = 0
 
@@ -29,29 +30,116 @@ class Processed:
 class Processor:
     def __init__(self, target: Target, host: str) -> None:
         options = target.options
+        self._multiline = options.multiline
+        self._joiners: dict[FollowedFile, Joiner] = {}
         self._include = _any_of(options.include_lines)
         self._exclude = _any_of(options.exclude_lines)
         self._encode = _json_encoder(target, host) if options.format == "json" else None
 
     @staticmethod
     def needed(options: Options) -> bool:
-        return bool(options.include_lines or options.exclude_lines) or options.format == "json"
+        return bool(options.include_lines or options.exclude_lines or options.multiline) \
+            or options.format == "json"
 
-    def process(self, lines: list[bytes], offsets: list[int]) -> Processed:
+    def process(self, chunk: Chunk, now: float) -> Processed:
+        """The chunk's lines become its records, in place. A held multiline event keeps
+        the chunk's end offset at the event's start: a checkpoint never points inside
+        an event, so a restart reads the whole event again."""
+        if self._multiline is not None:
+            joiner = self._joiners.setdefault(chunk.file, Joiner(self._multiline))
+            chunk.lines, chunk.offsets, chunk.end_offset = joiner.feed(
+                chunk.lines, chunk.offsets, chunk.end_offset, now)
+        return self._records(chunk)
+
+    def expired(self, now: float, force: bool = False) -> tuple[Chunk, Processed] | None:
+        """A held event quiet for multiline.timeout (any held one with `force`, at stop),
+        as a chunk of its own; None when there is none."""
+        for followed, joiner in self._joiners.items():
+            if joiner.held and (force or now - joiner.last >= joiner.timeout):
+                lines, offsets, end = joiner.release()
+                chunk = Chunk(followed, lines, offsets, end)
+                return chunk, self._records(chunk)
+        return None
+
+    def next_release(self) -> float | None:
+        """When the oldest held event times out (monotonic), or None."""
+        times = [j.last + j.timeout for j in self._joiners.values() if j.held]
+        return min(times) if times else None
+
+    def holds(self, followed: FollowedFile) -> bool:
+        joiner = self._joiners.get(followed)
+        return joiner is not None and joiner.held
+
+    def forget(self, followed: FollowedFile) -> None:
+        self._joiners.pop(followed, None)
+
+    def _records(self, chunk: Chunk) -> Processed:
         """Filebeat's order: include_lines first, then exclude_lines; a dropped line's
         offset still advances (the batch's end covers it)."""
+        lines, offsets = chunk.lines, chunk.offsets
         kept = list(range(len(lines)))
         if self._include is not None:
             kept = [i for i in kept if self._include(lines[i])]
         if self._exclude is not None:
             kept = [i for i in kept if not self._exclude(lines[i])]
-        processed = Processed([lines[i] for i in kept], [offsets[i] for i in kept],
-                              filtered=len(lines) - len(kept)) if len(kept) < len(lines) \
-            else Processed(lines, offsets)
+        processed = Processed(filtered=len(lines) - len(kept))
+        if processed.filtered:
+            chunk.lines, chunk.offsets = [lines[i] for i in kept], [offsets[i] for i in kept]
         if self._encode is not None:
-            processed.lines, processed.invalid_json = self._encode(processed.lines,
-                                                                   processed.offsets)
+            chunk.lines, processed.invalid_json = self._encode(chunk.lines, chunk.offsets)
         return processed
+
+
+class Joiner:
+    """One file's multiline state: the event being gathered, its first line's offset,
+    and the end of what has been read."""
+
+    def __init__(self, spec: Multiline) -> None:
+        self._search = re.compile(spec.pattern.encode()).search
+        self._negate = spec.negate
+        self._after = spec.match == "after"
+        self._max_lines = spec.max_lines
+        self.timeout = spec.timeout
+        self._lines: list[bytes] = []
+        self._start = 0
+        self._end = 0
+        self.last = 0.0
+
+    @property
+    def held(self) -> bool:
+        return bool(self._lines)
+
+    def feed(self, lines: list[bytes], offsets: list[int], end: int,
+             now: float) -> tuple[list[bytes], list[int], int]:
+        """Complete events and their first offsets, and the offset a checkpoint may reach."""
+        events: list[bytes] = []
+        starts: list[int] = []
+        for line, offset in zip(lines, offsets):
+            continues = (self._search(line) is None) == self._negate
+            if self._after and not continues:
+                self._emit(events, starts)
+            if not self._lines:
+                self._start = offset
+            if len(self._lines) < self._max_lines:
+                self._lines.append(line)
+            if not self._after and not continues:
+                self._emit(events, starts)
+        if lines:
+            self.last = now
+        self._end = end
+        return events, starts, (self._start if self._lines else end)
+
+    def release(self) -> tuple[list[bytes], list[int], int]:
+        events: list[bytes] = []
+        starts: list[int] = []
+        self._emit(events, starts)
+        return events, starts, self._end
+
+    def _emit(self, events: list[bytes], starts: list[int]) -> None:
+        if self._lines:
+            events.append(b"\n".join(self._lines))
+            starts.append(self._start)
+            self._lines = []
 
 
 def _any_of(patterns: tuple[str, ...]) -> Callable[[bytes], object] | None:

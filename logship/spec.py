@@ -22,9 +22,23 @@ KEYS = ("path", "host", "none")
 PATH_MAX = 4096
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _FIELDS = {"path", "topic", "read_from", "include_lines", "exclude_lines", "format", "fields",
-           "json_message", "key"}
+           "json_message", "key", "multiline"}
+MULTILINE_MATCH = ("after", "before")
+_MULTILINE_FIELDS = {"pattern", "negate", "match", "max_lines", "timeout"}
 RESERVED_FIELDS = ("@timestamp", "message", "path", "host", "offset")
 _INT_DIGITS = 4300   # Python's int-parsing limit (sys.get_int_max_str_digits)
+
+
+@dataclass(frozen=True)
+class Multiline:
+    """Filebeat's multiline: a line for which `pattern` matches (or, with `negate`, does
+    not) continues the event before it (`match: after`) or the one after it (`before`)."""
+
+    pattern: str
+    negate: bool = False
+    match: str = "after"
+    max_lines: int = 500
+    timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,7 @@ class Options:
     fields: tuple[tuple[str, str | int | float | bool], ...] = ()
     json_message: bool = False
     key: str = "path"
+    multiline: Multiline | None = None
 
 
 @dataclass(frozen=True)
@@ -115,11 +130,7 @@ def _check_path(path: Any) -> str:
 
 def parse_entry(entry: Any) -> Target:
     """Check one entry's shape; raises ValueError naming the bad field."""
-    if not isinstance(entry, dict):
-        raise ValueError(f"entry must be an object, got {_json_type(entry)} {_js(entry)}")
-    unknown = sorted(set(entry) - _FIELDS)
-    if unknown:
-        raise ValueError(f"unknown field '{shown(unknown[0])}'")
+    _check_object(entry, _FIELDS, "", f"entry must be an object, got {_json_type(entry)}")
     path = _check_path(entry.get("path"))
     topic = entry.get("topic")
     read_from = entry.get("read_from", "end")
@@ -130,6 +141,14 @@ def parse_entry(entry: Any) -> Target:
     return Target(path, topic, read_from, _options(entry))
 
 
+def _check_object(value: Any, known: set[str], where: str, not_an_object: str) -> None:
+    if not isinstance(value, dict):
+        raise ValueError(f"{not_an_object} {_js(value)}")
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"{where}unknown field '{shown(unknown[0])}'")
+
+
 def _options(entry: dict) -> Options:
     options = Options(
         include_lines=_regexes(entry, "include_lines"),
@@ -138,6 +157,7 @@ def _options(entry: dict) -> Options:
         fields=_constant_fields(entry.get("fields", {})),
         json_message=entry.get("json_message", False),
         key=_choice(entry, "key", KEYS),
+        multiline=_multiline(entry["multiline"]) if "multiline" in entry else None,
     )
     if not isinstance(options.json_message, bool):
         raise ValueError(f"json_message: must be true or false, got {_js(options.json_message)}")
@@ -146,10 +166,30 @@ def _options(entry: dict) -> Options:
     return options
 
 
-def _choice(entry: dict, name: str, choices: tuple[str, ...]) -> str:
+def _multiline(spec: Any) -> Multiline:
+    _check_object(spec, _MULTILINE_FIELDS, "multiline: ",
+                  "multiline: must be an object with a pattern, got")
+    pattern = spec.get("pattern")
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"multiline.pattern: must be a regular expression, got {_js(pattern)}")
+    _check_regex(pattern, "multiline.pattern")
+    negate, max_lines, timeout = (spec.get("negate", False), spec.get("max_lines", 500),
+                                  spec.get("timeout", 5))
+    if not isinstance(negate, bool):
+        raise ValueError(f"multiline.negate: must be true or false, got {_js(negate)}")
+    if isinstance(max_lines, bool) or not isinstance(max_lines, int) or max_lines < 1:
+        raise ValueError(f"multiline.max_lines: must be an integer >= 1, got {_js(max_lines)}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"multiline.timeout: must be a number of seconds > 0, got {_js(timeout)}")
+    return Multiline(pattern, negate, _choice(spec, "match", MULTILINE_MATCH, "multiline.match"),
+                     max_lines, float(timeout))
+
+
+def _choice(entry: dict, name: str, choices: tuple[str, ...], where: str = "") -> str:
     value = entry.get(name, choices[0])
     if value not in choices:
-        raise ValueError(f"{name}: must be one of {', '.join(choices)}, got {_js(value)}")
+        raise ValueError(f"{where or name}: must be one of {', '.join(choices)}, "
+                         f"got {_js(value)}")
     return value
 
 
@@ -159,12 +199,15 @@ def _regexes(entry: dict, name: str) -> tuple[str, ...]:
     if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
         raise ValueError(f"{name}: must be a list of regular expressions, got {_js(patterns)}")
     for index, pattern in enumerate(patterns):
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"{name}[{index}]: invalid regular expression {_js(pattern)}: "
-                             f"{exc}") from None
+        _check_regex(pattern, f"{name}[{index}]")
     return tuple(patterns)
+
+
+def _check_regex(pattern: str, where: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{where}: invalid regular expression {_js(pattern)}: {exc}") from None
 
 
 def _constant_fields(fields: Any) -> tuple[tuple[str, str | int | float | bool], ...]:

@@ -56,8 +56,20 @@ def document(identity: Identity, keys: Iterable[str], kafka_up: bool,
         "updated": rfc3339(time.time()),
         "keys": list(keys),
         "kafka": "ok" if kafka_up else "unavailable",
-        "files": [_file(child, owners.get(child.spec.id, [])) for child in workers],
+        **capped_files([_file(child, owners.get(child.spec.id, [])) for child in workers]),
     }
+
+
+def capped_files(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every file, up to MAX_FILES: an etcd value is capped (1.5 MiB by default) and an
+    entry takes about 250 bytes. Beyond that the ones furthest behind are kept."""
+    total = len(entries)
+    if total > MAX_FILES:
+        entries = sorted(entries, key=lambda entry: entry["lag_bytes"], reverse=True)[:MAX_FILES]
+    return {"files_total": total, "files": entries}
+
+
+MAX_FILES = 2000
 
 
 def _file(child: ChildState[Target], owners: list[str]) -> dict[str, Any]:
@@ -155,15 +167,18 @@ def render(documents: list[Document], now: float) -> str:
     """`logship status`: one row per agent, then each agent's files."""
     rows = [("NAME", "HOST", "UPDATED", "FILES", "LAG", "KAFKA")]
     rows += [(d.get("name", "?"), d.get("host", "?"), _ago(d.get("updated"), now),
-              str(len(d["files"])), _bytes(sum(f.get("lag_bytes", 0) for f in d["files"])),
-              d.get("kafka", "?")) for d in documents]
+              str(d.get("files_total", len(d["files"]))),
+              _bytes(sum(f.get("lag_bytes", 0) for f in d["files"])), d.get("kafka", "?"))
+             for d in documents]
     parts = [_table(rows)]
     for d in documents:
         files = [("PATH", "TOPIC", "STATE", "LAG", "LAST ERROR")]
         files += [(f.get("path", "?"), f.get("topic", "?"), f.get("state", "?"),
                    _bytes(f.get("lag_bytes", 0)), f.get("last_error") or "")
                   for f in d["files"]]
-        parts.append(f"\n{d.get('name', '?')}:\n" + _table(files, indent="  "))
+        omitted = d.get("files_total", len(d["files"])) - len(d["files"])
+        parts.append(f"\n{d.get('name', '?')}:\n" + _table(files, indent="  ")
+                     + (f"\n  ... and {omitted} more, each less behind" if omitted > 0 else ""))
     return "\n".join(parts)
 
 

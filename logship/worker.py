@@ -23,7 +23,7 @@ from logship.errors import SinkError
 from logship.fswatch import MISSING, DirWatcher, Subscription
 from logship.logs import plural
 from logship.metrics import Metrics
-from logship.processors import Processor
+from logship.processors import Processed, Processor
 from logship.sink import Sent, Sink
 from logship.spec import Target
 from logship.supervisor import Backoff, Service
@@ -139,7 +139,7 @@ class Worker(Service):
             elif self._queued is not None:
                 tailer.watch_name(time.monotonic())
                 self._send_batch()
-            elif not self._read(tailer):
+            elif not self._read(tailer) and not self._release_held(time.monotonic()):
                 self._close_rotated(tailer, time.monotonic())
                 self._watcher.ensure_watched(subscription)
                 self._wait(self._idle_wait(tailer, subscription))
@@ -173,20 +173,35 @@ class Worker(Service):
             log.warning("%s: %s longer than files.max_line_bytes truncated", self.target,
                         plural(chunk.truncated, "line", "lines"))
         if chunk.lines and self._processor is not None:
-            self._process(chunk)
-        if chunk.lines:
+            self._count(self._processor.process(chunk, time.monotonic()))
+            self._enqueue(chunk)
+        elif chunk.lines:
             self._queued, self._queued_at = chunk, 0
         return True
 
-    def _process(self, chunk: Chunk) -> None:
-        """Filters and format, in place. A chunk whose every line was filtered out still
-        moves the offset: as an empty batch, in order behind those in flight."""
-        processed = self._processor.process(chunk.lines, chunk.offsets)
-        chunk.lines, chunk.offsets = processed.lines, processed.offsets
+    def _count(self, processed: Processed) -> None:
         self._filtered.inc(processed.filtered)
         self._invalid_json.inc(processed.invalid_json)
-        if not chunk.lines:
+
+    def _enqueue(self, chunk: Chunk) -> None:
+        """A processed chunk. One left without records (all filtered out, or all held in
+        a multiline event) still moves the offset: as an empty batch, in order behind
+        those in flight."""
+        if chunk.lines:
+            self._queued, self._queued_at = chunk, 0
+        else:
             self._track(InFlight(chunk.file, chunk.end_offset, [], [], Sent(0), time.monotonic()))
+
+    def _release_held(self, now: float, force: bool = False) -> bool:
+        """Queue a multiline event that timed out (any, with force); True if one was."""
+        if self._processor is None or self._queued is not None:
+            return False
+        released = self._processor.expired(now, force)
+        if released is None:
+            return False
+        self._count(released[1])
+        self._enqueue(released[0])
+        return True
 
     def _wait(self, timeout: float | None) -> None:
         self._wake.wait(timeout)
@@ -198,7 +213,12 @@ class Worker(Service):
         thread's wake-up alone costs more than a stat. Where no event would come it looks
         by itself every poll_interval: a rotated file still draining (its events carry
         another name), a directory not watched yet, a file behind a symlink (events come
-        from the target's directory), and acknowledgements still awaited."""
+        from the target's directory), and acknowledgements still awaited. A held
+        multiline event wakes it when its timeout is up."""
+        release = self._processor.next_release() if self._processor is not None else None
+        if release is not None:
+            subscription.idle_state = None
+            return max(0.0, min(release - time.monotonic(), self._files.poll_interval))
         if self._pending or not (subscription.watched and tailer.notified()):
             subscription.idle_state = None
             return self._files.poll_interval
@@ -314,14 +334,24 @@ class Worker(Service):
             self._store.update(followed.checkpoint(self.target.topic))
 
     def _close_rotated(self, tailer: Tailer, now: float) -> None:
+        """A rotated file is closed once drained, and once its last multiline event has
+        been released (by its timeout)."""
         for followed in tailer.closable(now):
+            if self._processor is not None:
+                if self._processor.holds(followed):
+                    continue
+                self._processor.forget(followed)
             self._store.remove(followed.checkpoint(self.target.topic))
             tailer.close_file(followed)
             log.info("%s: rotated file finished and closed", self.target)
 
     def _drain(self) -> None:
-        """On a requested stop: wait a little for acknowledgements so offsets are saved."""
+        """On a requested stop: send the multiline events still held, then wait a little
+        for acknowledgements so offsets are saved."""
         deadline = time.monotonic() + DRAIN_TIMEOUT
+        while time.monotonic() < deadline and self._release_held(0.0, force=True):
+            while self._queued is not None and time.monotonic() < deadline:
+                self._send_batch()
         self._collect()
         while self._pending and time.monotonic() < deadline:
             self._wake.wait(0.05)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from itertools import accumulate
 
 import pytest
 
 from logship.processors import Processor
-from logship.spec import Options, Target, parse_entry
+from logship.spec import Multiline, Options, Target, parse_entry
+from logship.tailer import Chunk
 
 
 def processor(**options) -> Processor:
@@ -15,25 +17,25 @@ def processor(**options) -> Processor:
 
 
 def test_include_first_then_exclude_and_the_offsets_of_what_stays():
-    lines = [b"INFO a", b"ERROR b", b"ERROR DEBUG c", b"WARN d"]
+    chunk = chunk_of([b"INFO a", b"ERROR b", b"ERROR DEBUG c", b"WARN d"])
     result = processor(include_lines=("ERROR", "^WARN"), exclude_lines=("DEBUG",)).process(
-        lines, [0, 7, 15, 29])
-    assert (result.lines, result.offsets, result.filtered) == ([b"ERROR b", b"WARN d"], [7, 29], 2)
+        chunk, now=0.0)
+    assert (chunk.lines, chunk.offsets, result.filtered) == ([b"ERROR b", b"WARN d"], [7, 29], 2)
 
 
 def test_a_json_record_carries_the_line_its_origin_and_the_constant_fields():
-    result = processor(format="json", fields=(("service", "billing"), ("tier", 2))).process(
-        [b'say "hi"\t\xff'], [42])
-    record = json.loads(result.lines[0])
+    chunk = chunk_of([b'say "hi"\t\xff'], start=42)
+    processor(format="json", fields=(("service", "billing"), ("tier", 2))).process(chunk, 0.0)
+    record = json.loads(chunk.lines[0])
     assert record.pop("@timestamp").endswith("+00:00")
     assert record == {"message": 'say "hi"\t\ufffd', "path": "/var/log/app.log", "host": "web-01",
                       "offset": 42, "service": "billing", "tier": 2}
 
 
 def test_json_message_embeds_an_object_and_counts_what_is_not_one():
-    result = processor(format="json", json_message=True).process(
-        [b'{"level": "error", "n": 1}', b"not json", b"[1, 2]"], [0, 27, 36])
-    messages = [json.loads(line)["message"] for line in result.lines]
+    chunk = chunk_of([b'{"level": "error", "n": 1}', b"not json", b"[1, 2]"])
+    result = processor(format="json", json_message=True).process(chunk, now=0.0)
+    messages = [json.loads(line)["message"] for line in chunk.lines]
     assert messages == [{"level": "error", "n": 1}, "not json", "[1, 2]"]
     assert result.invalid_json == 2
 
@@ -54,3 +56,46 @@ def test_a_plain_entry_needs_no_processor():
 def test_options_that_cannot_work_are_refused_naming_the_field(entry, message):
     with pytest.raises(ValueError, match=message):
         parse_entry({"path": "/var/log/a", "topic": "t", **entry})
+
+
+def chunk_of(lines: list[bytes], start: int = 0) -> Chunk:
+    offsets = list(accumulate((len(line) + 1 for line in lines), initial=start))
+    return Chunk(FOLLOWED, list(lines), offsets[:-1], offsets[-1])
+
+
+FOLLOWED = object()
+TRACE = [b"2026-12-02 ERROR boom", b"  at a.b(C.java:1)", b"  at d.e(F.java:2)", b"2026-12-02 INFO ok"]
+
+
+def test_multiline_after_joins_continuations_and_holds_the_last_event():
+    p = processor(multiline=Multiline(pattern=r"^\s"))
+    chunk = chunk_of(TRACE)
+    p.process(chunk, now=0.0)
+    assert chunk.lines == [b"2026-12-02 ERROR boom\n  at a.b(C.java:1)\n  at d.e(F.java:2)"]
+    assert chunk.offsets == [0]
+    assert chunk.end_offset == 60, "the held event's start: a checkpoint never inside it"
+    assert p.next_release() == 5.0 and p.expired(4.9) is None
+    released, _ = p.expired(5.0)
+    assert (released.lines, released.offsets, released.end_offset) == (
+        [b"2026-12-02 INFO ok"], [60], 79)
+
+
+def test_multiline_negate_and_before_and_max_lines():
+    negated = processor(multiline=Multiline(pattern=r"^\d{4}", negate=True, max_lines=2))
+    chunk = chunk_of(TRACE)
+    negated.process(chunk, now=0.0)
+    assert chunk.lines == [b"2026-12-02 ERROR boom\n  at a.b(C.java:1)"]
+    before = processor(multiline=Multiline(pattern=r"\\$", match="before"))
+    chunk = chunk_of([b"a \\", b"b \\", b"c", b"d"])
+    before.process(chunk, now=0.0)
+    assert (chunk.lines, chunk.offsets, chunk.end_offset) == (
+        [b"a \\\nb \\\nc", b"d"], [0, 10], 12)
+
+
+def test_a_multiline_event_is_filtered_and_formatted_whole():
+    p = processor(multiline=Multiline(pattern=r"^\s"), exclude_lines=("INFO",), format="json")
+    chunk = chunk_of(TRACE + [b"2026-12-02 WARN x"])
+    result = p.process(chunk, now=0.0)
+    assert [json.loads(line)["message"] for line in chunk.lines] == [
+        "2026-12-02 ERROR boom\n  at a.b(C.java:1)\n  at d.e(F.java:2)"]
+    assert result.filtered == 1

@@ -11,7 +11,7 @@ import pytest
 
 from logship.config import expand_key, parse_config
 from logship.errors import ConfigError
-from logship.status import parse_documents, render
+from logship.status import MAX_FILES, capped_files, parse_documents, render
 
 BASE = {"etcd": {"endpoints": ["127.0.0.1:2379"], "keys": ["k"]},
         "kafka": {"bootstrap_servers": ["127.0.0.1:9092"]}}
@@ -60,3 +60,12 @@ def test_the_table_shows_each_agent_then_its_files():
 def test_values_that_are_not_status_documents_are_left_out():
     values = [json.dumps(DOC).encode(), b"not json", b"[1]", json.dumps({"name": "x"}).encode()]
     assert parse_documents(values) == [DOC]
+
+
+def test_a_status_lists_at_most_max_files_the_furthest_behind_first():
+    entries = [{"path": f"/var/log/{i}", "lag_bytes": i} for i in range(MAX_FILES + 5)]
+    files = capped_files(entries)
+    assert files["files_total"] == MAX_FILES + 5 and len(files["files"]) == MAX_FILES
+    assert files["files"][0]["lag_bytes"] == MAX_FILES + 4
+    doc = {**DOC, "files": DOC["files"], "files_total": 3}
+    assert render([doc], 0.0).endswith("  ... and 2 more, each less behind")
