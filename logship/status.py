@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Hashable, Iterable
 
 from logship import __version__
 from logship.config import StatusConfig
@@ -94,15 +94,18 @@ def lag_by_topic(doc: Document) -> dict[str, int]:
 
 class StatusWriter(Service):
     """Writes the document when it changed (at most every `interval`), and at least
-    once per ttl; keeps the lease alive every `interval`."""
+    once per ttl; keeps the lease alive every `interval`. The document is rebuilt only
+    when `fingerprint` (cheap) changed or is None."""
 
     def __init__(self, source: EtcdSource, key: str, config: StatusConfig,
-                 build: Callable[[], Document]) -> None:
+                 build: Callable[[], Document],
+                 fingerprint: Callable[[], Hashable | None]) -> None:
         super().__init__(name="status")
         self.key = key
         self._source = source
         self._config = config
         self._build = build
+        self._fingerprint = fingerprint
         self._failing = False
 
     def serve(self) -> None:
@@ -131,15 +134,21 @@ class StatusWriter(Service):
     def _write_until_stopped(self, session: EtcdSession, lease: Any) -> None:
         written: Document | None = None
         written_at = 0.0
+        seen: Hashable | None = None
         while not self.stopping.is_set():
-            doc = self._build()
+            fingerprint = self._fingerprint()
             now = time.monotonic()
-            if _changed(written, doc) or now - written_at >= self._config.ttl - self._config.interval:
+            due = now - written_at >= self._config.ttl - self._config.interval
+            doc = self._build() if written is None or fingerprint is None \
+                or fingerprint != seen else written
+            if doc is not written and _changed(written, doc) or due:
+                doc["updated"] = rfc3339(time.time())
                 session.put(self.key, json.dumps(doc).encode(), lease)
                 if written is None:
                     log.info("status %s written%s", self.key, " again" if self._failing else "")
                     self._failing = False
                 written, written_at = doc, now
+            seen = fingerprint
             session.refresh(lease)
             self.stopping.wait(self._config.interval)
 

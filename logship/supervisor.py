@@ -115,6 +115,7 @@ class Supervisor(Generic[K, S]):
         self._waiting: dict[K, _Child[K, S]] = {}
         # Appended by the dying threads themselves (deque appends are thread-safe).
         self._exited: deque[tuple[_Child[K, S], Service]] = deque()
+        self.changes = 0        # bumped on every start, crash and stop: for cheap polling
 
     def __len__(self) -> int:
         return len(self._children)
@@ -123,10 +124,13 @@ class Supervisor(Generic[K, S]):
         return set(self._children)
 
     def states(self) -> list[ChildState[S]]:
-        """The one method safe from another thread (a status report): a copy of plain
+        """Safe from another thread (a status report), like running(): a copy of plain
         attribute reads, never a wait on the owner."""
         return [ChildState(c.spec, c.service, c.last_error)
                 for c in list(self._children.values())]
+
+    def running(self) -> list[Service]:
+        return [c.service for c in list(self._children.values()) if c.service is not None]
 
     def reconcile(self, desired: Mapping[K, S]) -> None:
         """Stop children no longer desired, restart those whose spec changed, start new
@@ -161,6 +165,7 @@ class Supervisor(Generic[K, S]):
     def _start(self, child: _Child[K, S]) -> None:
         """A child that cannot even be built counts as crashed: the supervisor's owner
         must survive any one child's bad spec."""
+        self.changes += 1
         child.started = time.monotonic()
         try:
             service = self._factory(child.spec)
@@ -172,6 +177,7 @@ class Supervisor(Generic[K, S]):
         service.start()
 
     def _crashed(self, child: _Child[K, S], failure: BaseException | None, now: float) -> None:
+        self.changes += 1
         delay = child.backoff.next_delay(now - child.started)
         child.service = None
         child.restart_at = now + delay
@@ -188,6 +194,7 @@ class Supervisor(Generic[K, S]):
 
     def _stop(self, children: list[_Child[K, S]]) -> None:
         """Ask all to stop before joining any, so their shutdowns overlap."""
+        self.changes += 1
         services = [c.service for c in children if c.service is not None]
         for service in services:
             service.stop()

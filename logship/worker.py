@@ -144,6 +144,12 @@ class Worker(Service):
                 self._watcher.ensure_watched(subscription)
                 self._wait(self._idle_wait(tailer, subscription))
 
+    def activity(self) -> tuple[int, bool]:
+        """Lines sent and whether a file is open: when neither moved in any worker, the
+        status has not changed either (cheaper than progress(), for the status writer)."""
+        tailer = self._tailer
+        return self.lines_sent, tailer is not None and tailer.current is not None
+
     def progress(self) -> Progress:
         """Called from the status thread: attribute reads and one stat by name, never a
         lock or a wait on this worker's thread."""
