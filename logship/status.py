@@ -28,6 +28,7 @@ from logship.supervisor import Backoff, ChildState, Service
 log = logging.getLogger(__name__)
 
 Document = dict[str, Any]
+MAX_FILES = 2000
 
 
 def rfc3339(when: float) -> str:
@@ -67,9 +68,6 @@ def capped_files(entries: list[dict[str, Any]]) -> dict[str, Any]:
     if total > MAX_FILES:
         entries = sorted(entries, key=lambda entry: entry["lag_bytes"], reverse=True)[:MAX_FILES]
     return {"files_total": total, "files": entries}
-
-
-MAX_FILES = 2000
 
 
 def _file(child: ChildState[Target], owners: list[str]) -> dict[str, Any]:
