@@ -6,6 +6,8 @@ import json
 from itertools import accumulate
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from logship.processors import Processor
 from logship.spec import Multiline, Options, Target, parse_entry
@@ -99,3 +101,14 @@ def test_a_multiline_event_is_filtered_and_formatted_whole():
     assert [json.loads(line)["message"] for line in chunk.lines] == [
         "2026-12-02 ERROR boom\n  at a.b(C.java:1)\n  at d.e(F.java:2)"]
     assert result.filtered == 1
+
+
+@given(st.lists(st.binary(max_size=40) | st.sampled_from([b'", "', b'\\", "', b"\\", b'"']),
+                min_size=1, max_size=20))
+def test_json_records_hold_each_message_exactly(lines):
+    """The encoder splits one json.dumps of all the messages apart again: any bytes,
+    quotes, backslashes and the separator itself included, come back whole."""
+    chunk = chunk_of(lines)
+    processor(format="json").process(chunk, now=0.0)
+    assert [json.loads(record)["message"] for record in chunk.lines] == [
+        line.decode("utf-8", "replace") for line in lines]
