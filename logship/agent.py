@@ -17,12 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Hashable
 
+from logship import logs
 from logship.checkpoint import CheckpointStore, CheckpointWriter, StateLock
 from logship.config import Config, load_config
 from logship.errors import ConfigError
 from logship.etcd_source import EtcdSource
 from logship.fswatch import DirWatcher, Subscription
-from logship import logs
 from logship.logs import plural
 from logship.manager import Manager
 from logship.metrics import Metrics, MetricsServer
@@ -95,7 +95,7 @@ class Agent:
         self._config_subscription: Subscription | None = None
         self.identity = Identity(config.name, HOST.decode(), time.time())
         self._status_writer: StatusWriter | None = None
-        self.metrics.collect_lag(lambda: lag_by_topic(self.status_document()))
+        self.metrics.collect_lag(lambda: lag_by_topic(self.workers.states()))
 
     # -- called from other threads or signal handlers: only set flags -------------
 
