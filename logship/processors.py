@@ -46,7 +46,9 @@ class Processor:
         the chunk's end offset at the event's start: a checkpoint never points inside
         an event, so a restart reads the whole event again."""
         if self._multiline is not None:
-            joiner = self._joiners.setdefault(chunk.file, Joiner(self._multiline))
+            joiner = self._joiners.get(chunk.file)
+            if joiner is None:
+                joiner = self._joiners[chunk.file] = Joiner(self._multiline)
             chunk.lines, chunk.offsets, chunk.end_offset = joiner.feed(
                 chunk.lines, chunk.offsets, chunk.end_offset, now)
         return self._records(chunk)
