@@ -220,18 +220,24 @@ def install_unit(args: argparse.Namespace) -> int:
     unit = data.joinpath("logship.service").read_text().replace(DEFAULT_LAUNCHER, str(launcher))
     unit_path = args.root / "etc/systemd/system/logship.service"
     config_path = args.root / "etc/logship/config.yaml"
-    unit_path.parent.mkdir(parents=True, exist_ok=True)
-    unit_path.write_text(unit)
-    print(f"wrote {unit_path}")
-    config_path.parent.mkdir(parents=True, exist_ok=True)
+    _install(unit_path, unit, 0o644)
     if config_path.exists():
         print(f"kept {config_path}")
     else:
-        config_path.write_text(data.joinpath("config.yaml").read_text())
-        config_path.chmod(0o640)
-        print(f"wrote {config_path} (0640; edit etcd and kafka)")
+        _install(config_path, data.joinpath("config.yaml").read_text(), 0o640)
     print(UNIT_NEXT_STEPS.format(config=config_path))
     return 0
+
+
+def _install(path: Path, text: str, mode: int) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(mode)
+    except OSError as exc:
+        raise LogshipError(f"{path}: cannot write: {exc.strerror} (run as root, or give "
+                           f"--root DIR)") from None
+    print(f"wrote {path} ({mode:04o})")
 
 
 DEFAULT_LAUNCHER = "/opt/logship/bin/logship"

@@ -40,6 +40,12 @@ def test_install_unit_writes_a_hardened_unit_and_keeps_an_existing_config(tmp_pa
     config.write_text("# edited\n")
     assert "kept" in logship("install-unit", "--root", tmp_path).stdout.decode()
     assert config.read_text() == "# edited\n"
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "etc/systemd/system/logship.service").mkdir(parents=True)
+    refused = logship("install-unit", "--root", elsewhere)
+    assert (refused.returncode, refused.stderr.decode()) == (1, (
+        f"logship: error: {elsewhere}/etc/systemd/system/logship.service: cannot write: Is a "
+        f"directory (run as root, or give --root DIR)\n"))
     if shutil.which("systemd-analyze") is None:
         return          # the unit's checks need systemd's own tool; the rest was checked
     verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
