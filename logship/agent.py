@@ -231,6 +231,9 @@ class Agent:
         if self._status_writer is not None:
             self._status_writer.stop()
             self._status_writer.join(STATUS_STOP_TIMEOUT)
+            if self._status_writer.is_alive():
+                log.error("status writer did not stop within %.0fs (etcd not answering); "
+                          "leaving it", STATUS_STOP_TIMEOUT)
             self._status_writer = None
 
     def _start_metrics(self) -> None:
