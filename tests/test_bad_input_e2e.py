@@ -87,6 +87,7 @@ def test_a_lone_surrogate_huge_number_newline_and_huge_topic_are_refused_alone(
     assert f"key={key} entry 3: topic: not a valid Kafka topic name" in log
     assert "\n2026-01-01 00:00:00 ERROR forged" not in log          # escaped, not a new line
     assert max(len(line) for line in log.splitlines()) < 2000       # 1 MB topic echoed capped
+    agent.wait_log(f"worker started path={good}")     # else read_from: end could skip it
     good.write_bytes(b"shipped\n")
     topic_reader = reader(topic)
     topic_reader.wait_count(1)
