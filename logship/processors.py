@@ -12,8 +12,10 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import compress
 from json.encoder import encode_basestring
-from typing import Callable
+from operator import not_
+from typing import Callable, Iterable
 
 from logship.spec import Multiline, Options, Target
 from logship.tailer import Chunk, FollowedFile
@@ -79,14 +81,13 @@ class Processor:
         """Filebeat's order: include_lines first, then exclude_lines; a dropped line's
         offset still advances (the batch's end covers it)."""
         lines, offsets = chunk.lines, chunk.offsets
-        kept = list(range(len(lines)))
+        count = len(lines)
         if self._include is not None:
-            kept = [i for i in kept if self._include(lines[i])]
+            lines, offsets = _keep(lines, offsets, map(self._include, lines))
         if self._exclude is not None:
-            kept = [i for i in kept if not self._exclude(lines[i])]
-        processed = Processed(filtered=len(lines) - len(kept))
-        if processed.filtered:
-            chunk.lines, chunk.offsets = [lines[i] for i in kept], [offsets[i] for i in kept]
+            lines, offsets = _keep(lines, offsets, map(not_, map(self._exclude, lines)))
+        chunk.lines, chunk.offsets = lines, offsets
+        processed = Processed(filtered=count - len(lines))
         if self._encode is not None:
             chunk.lines, processed.invalid_json = self._encode(chunk.lines, chunk.offsets)
         return processed
@@ -113,23 +114,49 @@ class Joiner:
 
     def feed(self, lines: list[bytes], offsets: list[int], end: int,
              now: float) -> tuple[list[bytes], list[int], int]:
-        """Complete events and their first offsets, and the offset a checkpoint may reach."""
+        """Complete events and their first offsets, and the offset a checkpoint may reach.
+
+        The lines are cut where events begin, found for the whole chunk in C (a map of
+        the regex); a run of one-line events (most lines of most logs) is then sliced
+        out whole, so only multi-line events cost Python work of their own."""
+        cuts = self._cuts(lines)
         events: list[bytes] = []
         starts: list[int] = []
-        for line, offset in zip(lines, offsets):
-            continues = (self._search(line) is None) == self._negate
-            if self._after and not continues:
-                self._emit(events, starts)
-            if not self._lines:
-                self._start = offset
-            if len(self._lines) < self._max_lines:
-                self._lines.append(line)
-            if not self._after and not continues:
-                self._emit(events, starts)
         if lines:
             self.last = now
         self._end = end
+        if not cuts:
+            self._hold(lines, offsets)
+            return events, starts, (self._start if self._lines else end)
+        first, last = cuts[0], cuts[-1]
+        self._hold(lines[:first], offsets[:first])
+        self._emit(events, starts)
+        if last - first == len(cuts) - 1:
+            events += lines[first:last]
+            starts += offsets[first:last]
+        else:
+            for start, stop in zip(cuts, cuts[1:]):
+                event = lines[start:min(stop, start + self._max_lines)]
+                events.append(event[0] if len(event) == 1 else b"\n".join(event))
+                starts.append(offsets[start])
+        self._hold(lines[last:], offsets[last:])
         return events, starts, (self._start if self._lines else end)
+
+    def _cuts(self, lines: list[bytes]) -> list[int]:
+        """Where a new event begins: before a line that does not continue (after), or
+        after one (before)."""
+        found = map(self._search, lines)
+        breaks = found if self._negate else map(not_, found)
+        positions = range(len(lines)) if self._after else range(1, len(lines) + 1)
+        return list(compress(positions, breaks))
+
+    def _hold(self, lines: list[bytes], offsets: list[int]) -> None:
+        """Lines of the event not complete yet; beyond max_lines they are dropped."""
+        if not lines:
+            return
+        if not self._lines:
+            self._start = offsets[0]
+        self._lines += lines[:self._max_lines - len(self._lines)]
 
     def release(self) -> tuple[list[bytes], list[int], int]:
         events: list[bytes] = []
@@ -142,6 +169,15 @@ class Joiner:
             events.append(b"\n".join(self._lines))
             starts.append(self._start)
             self._lines = []
+
+
+def _keep(lines: list[bytes], offsets: list[int],
+          flags: Iterable[object]) -> tuple[list[bytes], list[int]]:
+    """The lines whose flag is true; when all are (the usual case), no copy is made."""
+    flags = list(flags)
+    if all(flags):
+        return lines, offsets
+    return list(compress(lines, flags)), list(compress(offsets, flags))
 
 
 def _any_of(patterns: tuple[str, ...]) -> Callable[[bytes], object] | None:
@@ -172,14 +208,14 @@ def _json_encoder(target: Target, host: str) -> Encoder:
             return [], 0
         head = f'{{"@timestamp":"{_now()}","message":'
         texts = [line.decode("utf-8", "replace") for line in lines]
-        messages = [f'"{m}"' for m in json.dumps(texts, ensure_ascii=False)[2:-2].split('", "')]
-        invalid = 0
-        if embed:
-            objects = [_json_object(text) for text in texts]
-            invalid = objects.count(None)
-            messages = [o or m for o, m in zip(objects, messages)]
+        quoted = json.dumps(texts, ensure_ascii=False)[2:-2].split('", "')
+        if not embed:
+            records = "\n".join([f'{head}"{m}"{middle}{o}{tail}' for m, o in zip(quoted, offsets)])
+            return records.encode().split(b"\n"), 0
+        objects = [_json_object(text) for text in texts]
+        messages = [o or f'"{m}"' for o, m in zip(objects, quoted)]
         records = "\n".join([f"{head}{m}{middle}{o}{tail}" for m, o in zip(messages, offsets)])
-        return records.encode().split(b"\n"), invalid
+        return records.encode().split(b"\n"), objects.count(None)
     return encode
 
 

@@ -112,3 +112,47 @@ def test_json_records_hold_each_message_exactly(lines):
     processor(format="json").process(chunk, now=0.0)
     assert [json.loads(record)["message"] for record in chunk.lines] == [
         line.decode("utf-8", "replace") for line in lines]
+
+
+def events_one_by_one(lines: list[bytes], offsets: list[int], after: bool,
+                      max_lines: int) -> list[tuple[bytes, int]]:
+    """Filebeat's multiline, a line at a time: the model the chunked Joiner must equal.
+    A line starting with a space continues an event. Events with their first offsets."""
+    events, held, start = [], [], 0
+    for line, offset in zip(lines, offsets):
+        continues = line.startswith(b" ")
+        if after and not continues and held:
+            events.append((b"\n".join(held), start))
+            held = []
+        if not held:
+            start = offset
+        if len(held) < max_lines:
+            held.append(line)
+        if not after and not continues:
+            events.append((b"\n".join(held), start))
+            held = []
+    return events + ([(b"\n".join(held), start)] if held else [])
+
+
+@given(st.lists(st.sampled_from([b"start", b" more", b"x", b" y"]), max_size=40),
+       st.lists(st.integers(1, 7), min_size=1), st.booleans(), st.integers(1, 4))
+def test_multiline_in_chunks_equals_one_line_at_a_time(lines, cuts, after, max_lines):
+    """Events, their offsets, and a checkpoint that never points past a held event's start."""
+    p = processor(multiline=Multiline(pattern=r"^ ", match="after" if after else "before",
+                                      max_lines=max_lines))
+    offsets = list(accumulate((len(line) + 1 for line in lines), initial=0))
+    events, i = [], 0
+    for size in cuts * (len(lines) + 1):
+        if i >= len(lines):
+            break
+        stop = min(i + size, len(lines))
+        chunk = Chunk(None, lines[i:stop], offsets[i:stop], offsets[stop])
+        p.process(chunk, now=0.0)
+        events += zip(chunk.lines, chunk.offsets)
+        i = stop
+        unfinished = [start for _, start in events_one_by_one(lines[:i], offsets, after,
+                                                               max_lines)[len(events):]]
+        assert chunk.end_offset == (unfinished[0] if unfinished else offsets[i])
+    released = p.expired(0.0, force=True)
+    events += zip(released[0].lines, released[0].offsets) if released else []
+    assert events == events_one_by_one(lines, offsets, after, max_lines)
