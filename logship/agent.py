@@ -13,6 +13,7 @@ import logging
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Hashable
@@ -20,6 +21,7 @@ from typing import Hashable
 from logship import logs
 from logship.checkpoint import CheckpointStore, CheckpointWriter, StateLock
 from logship.config import Config, load_config
+from logship.discovery import Discovery
 from logship.errors import ConfigError
 from logship.etcd_source import EtcdSource
 from logship.fswatch import DirWatcher, Subscription
@@ -76,10 +78,11 @@ class Agent:
         self.sink = self._adopt_sink(open_sink(config.kafka, HOST, self._kafka_error))
         self.source = EtcdSource(config.etcd)
         self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self.discovery = self._new_discovery(config)
         self._declared: dict[str, tuple[Target, ...]] = {}
         self._declarations_changed = True
         self._declarations = 0
-        self._wakeup = threading.Event()
         self._stop_requested = False
         self._reload_requested_at: float | None = None
         self._reload_reason = ""
@@ -96,6 +99,7 @@ class Agent:
         self.identity = Identity(config.name, HOST.decode(), time.time())
         self._status_writer: StatusWriter | None = None
         self.metrics.collect_lag(lambda: lag_by_topic(self.workers.states()))
+        self.metrics.files_unfollowed.set_function(lambda: self.discovery.unfollowed)
 
     # -- called from other threads or signal handlers: only set flags -------------
 
@@ -177,31 +181,47 @@ class Agent:
             self._reload_requested_at = None
             log.info("config reload requested by %s", self._reload_reason)
             self.reload()
-        if self._declarations_changed:
+        if self._declarations_changed or self.discovery.refresh(self._holds_files):
             self._reconcile_workers()
         self.managers.supervise(now)
         self.workers.supervise(now)
         if now - self._swept >= self.config.files.safety_poll_interval:
             self._swept = now
             self.watcher.sweep()
+            self.discovery.rescan_all()
 
     def _reconcile_workers(self) -> None:
+        """One worker per (path, topic): the plain entries, then the files the glob
+        entries match, up to files.max_files in all."""
         with self._lock:
             self._declarations_changed = False
             declared = dict(self._declared)
         desired: dict[tuple[str, str], Target] = {}
+        globs: dict[tuple[str, str], Target] = {}
         for targets in declared.values():
             for target in targets:
-                desired.setdefault(target.id, target)
-        self.workers.reconcile(desired)
-        self.metrics.set_running({owner: len(targets) for owner, targets in declared.items()})
+                (globs if target.is_glob else desired).setdefault(target.id, target)
+        self.discovery.sync(globs.values())
+        self.discovery.refresh(self._holds_files)
+        matched = self.discovery.targets(self.config.files.max_files, set(desired),
+                                         self.workers.keys())
+        self.workers.reconcile(desired | matched)
+        per_glob = Counter(target.entry_id for target in matched.values())
+        self.metrics.set_running({owner: sum(per_glob[t.id] if t.is_glob else 1 for t in targets)
+                                  for owner, targets in declared.items()})
+
+    def _holds_files(self, target: Target) -> bool:
+        worker = self.workers.service(target.id)
+        return isinstance(worker, Worker) and worker.holds_files()
 
     def _configured_targets(self) -> set[tuple[str, str]] | None:
         """What runs now, once every key has been read; None before (expire nothing)."""
         with self._lock:
             if not set(self.config.etcd.keys) <= set(self._declared):
                 return None
-            return {(t.topic, t.path) for targets in self._declared.values() for t in targets}
+            plain = {(t.topic, t.path) for targets in self._declared.values() for t in targets
+                     if not t.is_glob}
+        return plain | self.discovery.matched
 
     def _adopt_sink(self, sink: Sink) -> Sink:
         self.metrics.in_flight_bytes.set_function(lambda: sink.budget.used)
@@ -214,6 +234,9 @@ class Agent:
     def _new_manager(self, key: str) -> Manager:
         return Manager(key, self.source, self.config.allowed_paths, self.declare, self.metrics,
                        self.config.etcd.probe_interval)
+
+    def _new_discovery(self, config: Config) -> Discovery:
+        return Discovery(self.watcher, self.store, config.allowed_paths, self._wakeup.set)
 
     def _new_worker(self, target: Target) -> Worker:
         return Worker(target, self.config.files, self.config.allowed_paths, self.sink, self.store,
@@ -293,14 +316,17 @@ class Agent:
         if new.metrics_listen != old.metrics_listen:
             self._stop_metrics()
             self._start_metrics()
-        restart = sink is not self.sink or new.files != old.files \
-            or new.allowed_paths != old.allowed_paths
+        restart = sink is not self.sink or new.allowed_paths != old.allowed_paths \
+            or replace(new.files, max_files=0) != replace(old.files, max_files=0)
         if restart:
             self.workers.stop_all()
             if sink is not self.sink:
                 self.sink.close(timeout=2.0)
                 self.sink = self._adopt_sink(sink)
                 log.info("kafka settings changed: producer rebuilt")
+        if new.allowed_paths != old.allowed_paths:
+            self.discovery.close()
+            self.discovery = self._new_discovery(new)
         etcd_changed = replace(new.etcd, keys=()) != replace(old.etcd, keys=())
         if etcd_changed or new.allowed_paths != old.allowed_paths:
             self.source = EtcdSource(new.etcd)
@@ -328,6 +354,7 @@ class Agent:
         self._writer.join(5)
         self._writer.flush()
         self.sink.close(timeout=2.0)
+        self.discovery.close()
         if self._config_subscription is not None:
             self.watcher.unsubscribe(self._config_subscription)
         self.watcher.stop()

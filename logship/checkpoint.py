@@ -29,6 +29,7 @@ LOCK_NAME = "lock"
 STATE_DIR_MODE = 0o700
 STATE_FILE_MODE = 0o600
 EXPIRE_INTERVAL = 60.0
+CLOSED_KEPT = 10_000
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,12 @@ class CheckpointStore:
         # (topic, path) -> (dev, ino) -> checkpoint: a worker's start looks up its own
         # files without scanning those of thousands of others.
         self._entries: dict[tuple[str, str], dict[tuple[int, int], FileCheckpoint]] = {}
+        # (topic, dev, ino) -> paths: which names a file has offsets under, for a glob
+        # match that was renamed from another one.
+        self._names: dict[tuple[str, int, int], set[str]] = {}
+        # Offsets of files closed after a rotation, oldest first: the file may turn up
+        # again as a glob match under its new name a moment later. In memory, bounded.
+        self._closed: dict[tuple[str, int, int], FileCheckpoint] = {}
         self._started: set[tuple[str, str]] = set()
         self._version = 0
         self._saved_version = 0
@@ -81,9 +88,10 @@ class CheckpointStore:
             os.replace(self.file, aside)
             return
         with self._lock:
-            self._entries = {}
+            self._entries, self._names = {}, {}
             for cp in entries:
                 self._entries.setdefault(cp.target, {})[cp.identity] = cp
+                self._name(cp)
         log.info("loaded %d checkpoints from %s", len(entries), self.file)
 
     def first_start(self, topic: str, path: str) -> bool:
@@ -97,17 +105,39 @@ class CheckpointStore:
         with self._lock:
             return list(self._entries.get((topic, path), {}).values())
 
+    def has_match(self, topic: str, matches: Callable[[str], object]) -> bool:
+        """Whether a file of the topic whose path `matches` has a saved offset: a glob
+        entry that ran before this start. A scan of all, once per glob entry."""
+        with self._lock:
+            return any(t == topic and matches(path) for t, path in self._entries)
+
+    def same_file(self, topic: str, dev: int, ino: int) -> list[FileCheckpoint]:
+        """The checkpoints of the topic for this file under any name, or the last one of
+        it closed: a glob match that is a file renamed from another match resumes where
+        that one was, whether its old worker still drains it or has just closed it."""
+        with self._lock:
+            found = [self._entries[(topic, path)][(dev, ino)]
+                     for path in self._names.get((topic, dev, ino), ())]
+            closed = self._closed.get((topic, dev, ino))
+            return found or ([closed] if closed is not None else [])
+
     def update(self, checkpoint: FileCheckpoint) -> None:
         with self._lock:
             files = self._entries.setdefault(checkpoint.target, {})
-            if files.get(checkpoint.identity) != checkpoint:
+            known = files.get(checkpoint.identity)
+            if known != checkpoint:
                 files[checkpoint.identity] = checkpoint
                 self._version += 1
+                if known is None:
+                    self._name(checkpoint)
 
     def remove(self, checkpoint: FileCheckpoint) -> None:
         with self._lock:
             files = self._entries.get(checkpoint.target, {})
-            if files.pop(checkpoint.identity, None) is not None:
+            removed = files.pop(checkpoint.identity, None)
+            if removed is not None:
+                self._unname(checkpoint)
+                self._remember_closed(removed)
                 self._version += 1
                 if not files:
                     del self._entries[checkpoint.target]
@@ -118,8 +148,26 @@ class CheckpointStore:
             stale = [target for target in self._entries
                      if target not in configured and not os.path.exists(target[1])]
             for target in stale:
-                del self._entries[target]
+                for cp in self._entries.pop(target).values():
+                    self._unname(cp)
             self._version += bool(stale)
+
+    def _name(self, cp: FileCheckpoint) -> None:
+        self._names.setdefault((cp.topic, cp.dev, cp.ino), set()).add(cp.path)
+
+    def _remember_closed(self, cp: FileCheckpoint) -> None:
+        key = (cp.topic, cp.dev, cp.ino)
+        self._closed.pop(key, None)
+        self._closed[key] = cp
+        if len(self._closed) > CLOSED_KEPT:
+            del self._closed[next(iter(self._closed))]
+
+    def _unname(self, cp: FileCheckpoint) -> None:
+        key = (cp.topic, cp.dev, cp.ino)
+        names = self._names.get(key, set())
+        names.discard(cp.path)
+        if not names:
+            self._names.pop(key, None)
 
     def save(self) -> None:
         """Write if anything changed since the last save; safe from any thread. A failure

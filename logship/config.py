@@ -19,6 +19,7 @@ from typing import Any, Callable
 import yaml
 
 from logship.errors import ConfigError
+from logship.globs import compile_glob
 from logship.logs import shown
 from logship.spec import Target, check_allowed, parse_entry, split_host_port
 
@@ -75,6 +76,7 @@ class FilesConfig:
     max_in_flight_bytes: int = 16 * 1024 * 1024
     close_rotated_after: float = 5.0
     close_removed_timeout: float = 300.0
+    max_files: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -401,6 +403,7 @@ def _files(section: _Section) -> FilesConfig:
         close_rotated_after=section.get("close_rotated_after", _number(0), defaults.close_rotated_after),
         close_removed_timeout=section.get(
             "close_removed_timeout", _number(0), defaults.close_removed_timeout),
+        max_files=section.get("max_files", _int(1), defaults.max_files),
     )
 
 
@@ -477,6 +480,10 @@ def _allowed_glob(value: Any, name: str) -> str:
     text = _str(value, name)
     if not text.startswith("/"):
         raise ConfigError(f"{name}: must be an absolute glob, got {text!r}")
+    try:
+        compile_glob(text)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
     return text
 
 

@@ -5,6 +5,10 @@ would stay on the old inode after a rotation). Events are only a hint to read no
 they coalesce and can be lost on queue overflow, so the agent sweeps the idle files now
 and then (a stat each) and wakes those that changed; a directory that does not exist
 yet is watched once it appears.
+
+Glob entries watch a directory tree for names that come and go (never for writes,
+which the kernel then does not even report): a separate watch per (directory,
+recursive), shared by the globs that need it.
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from watchdog.events import (DirDeletedEvent, FileCreatedEvent, FileDeletedEvent,
-                             FileModifiedEvent, FileMovedEvent, FileSystemEvent,
-                             FileSystemEventHandler)
+from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileCreatedEvent,
+                             FileDeletedEvent, FileModifiedEvent, FileMovedEvent,
+                             FileSystemEvent, FileSystemEventHandler)
 from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
@@ -28,6 +32,9 @@ Wake = Callable[[], None]
 # closes are left out in the kernel (reacting to them would loop on our own reads), and so
 # is every other event a busy log directory would make the watchdog thread decode.
 _EVENTS = [FileModifiedEvent, FileCreatedEvent, FileDeletedEvent, FileMovedEvent, DirDeletedEvent]
+# What changes the set of names under a tree.
+_TREE_EVENTS = [FileCreatedEvent, FileDeletedEvent, FileMovedEvent, DirCreatedEvent,
+                DirDeletedEvent, DirMovedEvent]
 
 
 FileState = tuple[int, int, int]     # (st_dev, st_ino, st_size)
@@ -47,6 +54,28 @@ class Subscription:
     @property
     def path(self) -> str:
         return os.path.join(self.directory, self.name)
+
+
+@dataclass(eq=False)
+class TreeSubscription:
+    directory: str
+    recursive: bool
+    changed: Wake
+    alive: bool = True      # False once the directory itself was deleted: watch it again
+
+    @property
+    def tree(self) -> tuple[str, bool]:
+        return (self.directory, self.recursive)
+
+
+class _TreeHandler(FileSystemEventHandler):
+    def __init__(self, watcher: DirWatcher, tree: tuple[str, bool]) -> None:
+        self._watcher = watcher
+        self._tree = tree
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self._watcher.tree_changed(self._tree, isinstance(event, DirDeletedEvent)
+                                   and event.src_path == self._tree[0])
 
 
 class _DirHandler(FileSystemEventHandler):
@@ -72,6 +101,9 @@ class DirWatcher:
         self._subs: dict[str, dict[str, frozenset[Subscription]]] = {}
         self._watches: dict[str, ObservedWatch] = {}
         self._lost: set[str] = set()
+        self._trees: dict[tuple[str, bool], frozenset[TreeSubscription]] = {}
+        self._tree_watches: dict[tuple[str, bool], ObservedWatch] = {}
+        self._lost_trees: set[tuple[str, bool]] = set()
 
     def start(self) -> None:
         self._observer.start()
@@ -114,6 +146,42 @@ class DirWatcher:
             watch = self._watches.pop(sub.directory, None)
         if watch is not None:
             self._unschedule(watch)
+
+    def watch_tree(self, directory: str, recursive: bool, changed: Wake) -> TreeSubscription:
+        """Call `changed` (on watchdog's thread) when a name under the directory comes or
+        goes. Raises OSError when the directory cannot be watched."""
+        sub = TreeSubscription(directory, recursive, changed)
+        with self._lock:
+            if sub.tree in self._lost_trees:
+                self._lost_trees.discard(sub.tree)
+                lost = self._tree_watches.pop(sub.tree, None)
+                if lost is not None:
+                    self._unschedule(lost)
+            if sub.tree not in self._tree_watches:
+                self._tree_watches[sub.tree] = self._observer.schedule(
+                    _TreeHandler(self, sub.tree), directory, recursive=recursive,
+                    event_filter=_TREE_EVENTS)
+            self._trees = {**self._trees, sub.tree: self._trees.get(sub.tree, frozenset()) | {sub}}
+        return sub
+
+    def unwatch_tree(self, sub: TreeSubscription) -> None:
+        with self._lock:
+            subs = self._trees.get(sub.tree, frozenset()) - {sub}
+            self._trees = {**self._trees, sub.tree: subs} if subs else \
+                {tree: s for tree, s in self._trees.items() if tree != sub.tree}
+            watch = None if subs else self._tree_watches.pop(sub.tree, None)
+            if not subs:
+                self._lost_trees.discard(sub.tree)
+        if watch is not None:
+            self._unschedule(watch)
+
+    def tree_changed(self, tree: tuple[str, bool], lost: bool) -> None:
+        """On watchdog's thread: only marks a lost tree, to be watched again by its owners."""
+        if lost:
+            self._lost_trees.add(tree)
+        for sub in self._trees.get(tree, ()):
+            sub.alive = sub.alive and not lost
+            sub.changed()
 
     def sweep(self) -> None:
         """The safety net for events lost on inotify queue overflow: one stat per idle

@@ -50,6 +50,9 @@ class Metrics:
         self.workers_running = Gauge("logship_workers_running",
                                      "Files followed per etcd key ('config' for logs:).", ["key"],
                                      registry=r)
+        self.files_unfollowed = Gauge("logship_files_unfollowed",
+                                      "Files that glob entries match but that are not followed: "
+                                      "files.max_files reached.", registry=r)
         self.worker_restarts = Counter("logship_worker_restarts", "Worker restarts after a failure.",
                                        ["topic"], registry=r)
         self.manager_restarts = Counter("logship_manager_restarts",

@@ -1,4 +1,4 @@
-"""The etcd value: a JSON array of {path, topic[, read_from]} entries, parsed into Targets.
+"""The etcd value: a JSON array of {path, topic, ...options} entries, parsed into Targets.
 
 A value that is not a JSON array is refused whole (SpecError), so the key's running
 workers stay as they are; a bad entry is refused alone and the good ones still apply.
@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from logship.errors import SpecError
+from logship.globs import compile_glob, glob_root, is_glob, may_overlap
 from logship.logs import shown
 
 READ_FROM = ("end", "beginning")
@@ -57,16 +57,32 @@ class Options:
 
 @dataclass(frozen=True)
 class Target:
-    """One (path, topic) to ship; read_from only matters the first time the path is seen."""
+    """One (path, topic) to ship; read_from only matters the first time the path is seen.
+
+    A path with wildcards is a glob entry: it is never followed itself, each file it
+    matches is, as a Target of its own whose `glob` names the entry."""
 
     path: str
     topic: str
     read_from: str = "end"
     options: Options = Options()
+    glob: str | None = None
 
     @property
     def id(self) -> tuple[str, str]:
         return (self.path, self.topic)
+
+    @property
+    def entry_id(self) -> tuple[str, str]:
+        """The id of the entry that declared it: its glob's for a matched file."""
+        return (self.glob or self.path, self.topic)
+
+    @property
+    def is_glob(self) -> bool:
+        return self.glob is None and is_glob(self.path)
+
+    def matched(self, path: str, read_from: str) -> Target:
+        return replace(self, path=path, read_from=read_from, glob=self.path)
 
     def __str__(self) -> str:
         return f"path={self.path} topic={self.topic}"
@@ -108,9 +124,6 @@ def _js(value: Any) -> str:
     return shown(json.dumps(value, ensure_ascii=False, default=repr))
 
 
-_GLOB = re.compile(r"[*?\[]")
-
-
 def _check_path(path: Any) -> str:
     if not isinstance(path, str) or not os.path.isabs(path):
         raise ValueError(f"path: must be an absolute path, got {_js(path)}")
@@ -122,10 +135,23 @@ def _check_path(path: Any) -> str:
         raise ValueError(f"path: not valid UTF-8 (a lone surrogate escape): {_js(path)}") from None
     if len(encoded) > PATH_MAX:
         raise ValueError(f"path: longer than {PATH_MAX} bytes: {_js(path)}")
-    if _GLOB.search(path):
-        raise ValueError(f"path: glob patterns (*, ?, [) are not supported yet; name each file: "
-                         f"{_js(path)}")
-    return os.path.normpath(path)
+    path = os.path.normpath(path)
+    if is_glob(path):
+        _check_glob(path)
+    return path
+
+
+def _check_glob(path: str) -> None:
+    try:
+        compile_glob(path)
+    except ValueError as exc:
+        raise ValueError(f"path: {exc}") from None
+    if any("**" in part and part != "**" for part in path.split("/")):
+        raise ValueError(f"path: '**' must be a whole path component, as in "
+                         f"/var/log/**/*.log: {_js(path)}")
+    if glob_root(path).base == "/":
+        raise ValueError(f"path: a glob needs a fixed directory before its first wildcard, "
+                         f"as in /var/log/*.log: {_js(path)}")
 
 
 def parse_entry(entry: Any) -> Target:
@@ -229,33 +255,18 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-@lru_cache(maxsize=256)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """Shell-style glob where '*' and '?' stay within one directory and '**' spans many."""
-    parts, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**", i):
-            parts.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            parts.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            parts.append("[^/]")
-            i += 1
-        else:
-            parts.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(parts))
-
-
 def real_path_allowed(real: str, allowed: Iterable[str]) -> bool:
-    return any(_glob_regex(glob).fullmatch(real) for glob in allowed)
+    return any(compile_glob(glob).fullmatch(real) for glob in allowed)
 
 
 def check_allowed(target: Target, allowed: Iterable[str]) -> None:
     """Refuse early what is outside allowed_paths now. Only advisory: the name may point
-    elsewhere by the time it is opened, so the worker judges the opened descriptor again."""
+    elsewhere by the time it is opened, so the worker judges the opened descriptor again.
+    A glob is refused when no file under its directory could be allowed; each file it
+    matches is judged by itself."""
+    if target.is_glob:
+        _check_glob_allowed(target.path, allowed)
+        return
     try:
         real = os.path.realpath(target.path)
     except (OSError, ValueError) as exc:
@@ -263,6 +274,14 @@ def check_allowed(target: Target, allowed: Iterable[str]) -> None:
     if not real_path_allowed(real, allowed):
         raise ValueError(f"path: {shown(target.path)} (real path {shown(real)}) "
                          f"is outside allowed_paths")
+
+
+def _check_glob_allowed(pattern: str, allowed: Iterable[str]) -> None:
+    base = glob_root(pattern).base
+    real = os.path.realpath(base)
+    if not any(may_overlap(real, glob) for glob in allowed):
+        raise ValueError(f"path: {shown(pattern)}: no file under {shown(real)} can be inside "
+                         f"allowed_paths")
 
 
 def parse_value(raw: bytes | str, allowed: Iterable[str]) -> ParsedValue:

@@ -57,7 +57,7 @@ def document(identity: Identity, keys: Iterable[str], kafka_up: bool,
         "updated": rfc3339(time.time()),
         "keys": list(keys),
         "kafka": "ok" if kafka_up else "unavailable",
-        **capped_files([_file(child, owners.get(child.spec.id, [])) for child in workers]),
+        **capped_files([_file(child, owners.get(child.spec.entry_id, [])) for child in workers]),
     }
 
 
@@ -73,6 +73,8 @@ def capped_files(entries: list[dict[str, Any]]) -> dict[str, Any]:
 def _file(child: ChildState[Target], owners: list[str]) -> dict[str, Any]:
     target = child.spec
     entry: dict[str, Any] = {"path": target.path, "topic": target.topic, "keys": owners}
+    if target.glob is not None:
+        entry["glob"] = target.glob
     if child.service is None:
         entry |= {"state": "error", "offset": 0, "size": 0, "lag_bytes": 0, "lines_sent": 0}
     else:

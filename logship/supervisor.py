@@ -129,6 +129,10 @@ class Supervisor(Generic[K, S]):
         return [ChildState(c.spec, c.service, c.last_error)
                 for c in list(self._children.values())]
 
+    def service(self, key: K) -> Service | None:
+        child = self._children.get(key)
+        return child.service if child is not None else None
+
     def running(self) -> list[Service]:
         return [c.service for c in list(self._children.values()) if c.service is not None]
 

@@ -17,7 +17,7 @@ from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from logship.checkpoint import CheckpointStore
+from logship.checkpoint import CheckpointStore, FileCheckpoint
 from logship.config import FilesConfig
 from logship.errors import SinkError
 from logship.fswatch import MISSING, DirWatcher, Subscription
@@ -123,12 +123,28 @@ class Worker(Service):
     def _restore(self, tailer: Tailer) -> None:
         target = self.target
         first = self._store.first_start(target.topic, target.path)
-        saved = self._store.for_target(target.topic, target.path)
+        own = self._store.for_target(target.topic, target.path)
+        saved = own or self._renamed_here()
         read_from = target.read_from if first else "beginning"
         for stale in tailer.restore(saved, read_from, time.monotonic()):
-            self._store.remove(stale)
+            if stale.path == target.path:
+                self._store.remove(stale)
+        if saved and not own:
+            self._publish(tailer.files())
         self._save_opened(tailer)
         log.info("worker started %s", target)
+
+    def _renamed_here(self) -> list[FileCheckpoint]:
+        """A new glob match may be a file renamed from another match of the entry
+        (app.log -> app.log.1 under app.log*): it resumes at that one's offset instead
+        of sending the whole file again."""
+        if self.target.glob is None:
+            return []
+        try:
+            st = os.stat(self.target.path)
+        except OSError:
+            return []
+        return self._store.same_file(self.target.topic, st.st_dev, st.st_ino)[:1]
 
     def _follow(self, tailer: Tailer, subscription: Subscription) -> None:
         while not self.stopping.is_set():
@@ -149,6 +165,13 @@ class Worker(Service):
         status has not changed either (cheaper than progress(), for the status writer)."""
         tailer = self._tailer
         return self.lines_sent, tailer is not None and tailer.current is not None
+
+    def holds_files(self) -> bool:
+        """Whether a file is still open or lines are in flight: a glob match that went
+        away is stopped only once this is False, its last file drained. Attribute reads
+        only, from the agent's thread."""
+        tailer = self._tailer
+        return bool(self._pending) or (tailer is not None and bool(tailer.files()))
 
     def progress(self) -> Progress:
         """Called from the status thread: attribute reads and one stat by name, never a

@@ -50,3 +50,26 @@ def test_first_start_is_true_once_per_target(tmp_path):
     store = CheckpointStore(tmp_path)
     assert store.first_start("t", "/a") and not store.first_start("t", "/a")
     assert store.first_start("t", "/b")
+
+
+def test_a_file_is_found_under_every_name_it_has_offsets_under(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.update(cp(path="/var/log/app.log", offset=10))
+    store.update(cp(path="/var/log/app.log", offset=20))
+    store.update(cp(path="/var/log/other.log", ino=2))
+    assert store.same_file("t", 1, 1) == [cp(path="/var/log/app.log", offset=20)]
+    assert store.same_file("other-topic", 1, 1) == []
+    store.save()
+    again = CheckpointStore(tmp_path)
+    again.load()
+    assert again.same_file("t", 1, 2) == [cp(path="/var/log/other.log", ino=2)]
+    again.expire(set())
+    assert again.same_file("t", 1, 2) == [] and again.same_file("t", 1, 1) == []
+
+
+def test_a_closed_file_is_still_found_for_a_glob_match_that_it_became(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.update(cp(path="/var/log/app.log", offset=30))
+    store.remove(cp(path="/var/log/app.log", offset=30))
+    assert store.for_target("t", "/var/log/app.log") == []
+    assert store.same_file("t", 1, 1) == [cp(path="/var/log/app.log", offset=30)]

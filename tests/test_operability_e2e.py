@@ -3,6 +3,7 @@ traps and the command line, through the real `logship run` and CLI."""
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 
@@ -92,11 +93,16 @@ def test_put_warns_about_an_unwatched_key_and_delete_removes_a_key(etcd, cli_con
     assert again.returncode == 1 and "key=typo: not found" in again.stderr.decode()
 
 
-def test_a_glob_in_a_path_is_refused_until_globs_are_supported(etcd, cli_config, tmp_path):
-    value = f'[{{"path": "{tmp_path}/*.log", "topic": "t"}}]'.encode()
+def test_put_checks_a_glob_entry_and_names_what_is_wrong(etcd, cli_config, tmp_path):
+    value = json.dumps([{"path": f"{tmp_path}/**.log", "topic": "t"},
+                        {"path": "/etc/*.conf", "topic": "t"}]).encode()
     put = logship("put", "--config", str(cli_config), "watched", "-", stdin=value)
     assert put.returncode == 1
-    assert "glob patterns (*, ?, [) are not supported yet" in put.stderr.decode()
+    stderr = put.stderr.decode()
+    assert "entry 0: path: '**' must be a whole path component" in stderr
+    assert "entry 1: path: /etc/*.conf: no file under /etc can be inside allowed_paths" in stderr
+    good = json.dumps([{"path": f"{tmp_path}/**/*.log", "topic": "t"}]).encode()
+    assert logship("put", "--config", str(cli_config), "watched", "-", stdin=good).returncode == 0
 
 
 def test_version_and_help_describe_the_tool():
