@@ -168,8 +168,8 @@ class Discovery:
         glob.leaving = leaving
         glob.scanned = True
         if new or gone:
-            log.info("%s: %s match (%d new, %d no longer)", glob,
-                     plural(len(present), "file", "files"), len(new), len(gone))
+            log.info("%s: matching files: %d (%d new, %d no longer matching)", glob,
+                     len(present), len(new), len(gone))
         return bool(new)
 
     def _read_from(self, glob: _Glob) -> str:

@@ -125,20 +125,19 @@ class Joiner:
         if lines:
             self.last = now
         self._end = end
-        if not cuts:
-            self._hold(lines, offsets)
-            return events, starts, (self._start if self._lines else end)
-        first, last = cuts[0], cuts[-1]
-        self._hold(lines[:first], offsets[:first])
-        self._emit(events, starts)
-        if last - first == len(cuts) - 1:
-            events += lines[first:last]
-            starts += offsets[first:last]
-        else:
-            for start, stop in zip(cuts, cuts[1:]):
-                event = lines[start:min(stop, start + self._max_lines)]
-                events.append(event[0] if len(event) == 1 else b"\n".join(event))
-                starts.append(offsets[start])
+        last = cuts[-1] if cuts else 0
+        if cuts:
+            first = cuts[0]
+            self._hold(lines[:first], offsets[:first])
+            self._emit(events, starts)
+            if last - first == len(cuts) - 1:
+                events += lines[first:last]
+                starts += offsets[first:last]
+            else:
+                for start, stop in zip(cuts, cuts[1:]):
+                    event = lines[start:min(stop, start + self._max_lines)]
+                    events.append(event[0] if len(event) == 1 else b"\n".join(event))
+                    starts.append(offsets[start])
         self._hold(lines[last:], offsets[last:])
         return events, starts, (self._start if self._lines else end)
 

@@ -156,3 +156,23 @@ def test_allowed_paths_per_match_and_the_max_files_cap(etcd, kafka, make_agent, 
     reader_.wait_for(lambda rs: any(r.value == b"c1" for r in rs), 30, "c.log shipped")
     assert b"root:" not in b"".join(r.value for r in reader_.records)
     assert agent.metric("logship_files_unfollowed") == 0
+
+
+def test_a_file_that_appeared_while_the_agent_was_down_is_shipped_whole(etcd, kafka, make_agent,
+                                                                       reader, key, topic, logs):
+    app = logs / "a.log"
+    agent = follow_glob(etcd, kafka, make_agent, key, {"path": f"{logs}/*.log", "topic": topic},
+                        app)
+    app.write_bytes(b"one\n")
+    reader_ = reader(topic)
+    reader_.wait_count(1)
+    wait_until(lambda: any(c["path"] == str(app) and c["offset"] == 4
+                           for c in agent.checkpoints()), 15, "a.log's offset saved")
+    agent.kill()
+    (logs / "b.log").write_bytes(b"while down\n")
+    with app.open("ab") as f:
+        f.write(b"two\n")
+    agent.start()
+    reader_.wait_for(lambda rs: {b"while down", b"two"} <= {r.value for r in rs}, 30,
+                     "both lines written while the agent was down")
+    assert [r.value for r in reader_.records].count(b"one") == 1
