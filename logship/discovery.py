@@ -166,10 +166,10 @@ class Discovery:
         leaving = set(glob.matches) - present
         gone = leaving - glob.leaving
         glob.leaving = leaving
-        glob.scanned = True
-        if new or gone:
+        if new or gone or not glob.scanned:
             log.info("%s: matching files: %d (%d new, %d no longer matching)", glob,
                      len(present), len(new), len(gone))
+        glob.scanned = True
         return bool(new)
 
     def _read_from(self, glob: _Glob) -> str:

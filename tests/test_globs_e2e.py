@@ -47,6 +47,14 @@ def follow_glob(etcd, kafka, make_agent, key, entry: dict, *empty_files, **files
     return agent
 
 
+def ship_and_save(agent, reader_, path, data: bytes) -> None:
+    """Write a new file's lines, then wait for them in Kafka and for its saved offset."""
+    path.write_bytes(data)
+    reader_.wait_count(data.count(b"\n"))
+    wait_until(lambda: any(c["path"] == str(path) and c["offset"] == len(data)
+                           for c in agent.checkpoints()), 15, f"{path.name}'s offset saved")
+
+
 def test_each_matching_file_is_followed_and_new_ones_are_picked_up(etcd, kafka, make_agent,
                                                                   reader, key, topic, logs):
     (logs / "a.log").write_bytes(b"old a\n")
@@ -101,11 +109,8 @@ def test_a_file_renamed_within_the_glob_resumes_at_its_offset(etcd, kafka, make_
     app = logs / "app.log"
     agent = follow_glob(etcd, kafka, make_agent, key, {"path": f"{logs}/app.log*", "topic": topic},
                         app)
-    app.write_bytes(b"one\ntwo\n")
     reader_ = reader(topic)
-    reader_.wait_count(2)
-    wait_until(lambda: any(c["path"] == str(app) and c["offset"] == 8
-                           for c in agent.checkpoints()), 15, "app.log's offset saved")
+    ship_and_save(agent, reader_, app, b"one\ntwo\n")
     app.rename(logs / "app.log.1")
     agent.wait_log(rf"path={logs}/app.log.1 resuming at offset 8")
     with (logs / "app.log.1").open("ab") as f:
@@ -120,7 +125,7 @@ def test_a_recursive_glob_under_a_directory_that_appears_later(etcd, kafka, make
     base = tmp_path / "later"
     etcd.put(key, [{"path": f"{base}/**/*.log", "topic": topic}])
     agent = make_agent(etcd, kafka, [key], files=NO_SWEEP).start()
-    agent.wait_log(f"key={key} applied 1 entry")
+    agent.wait_log(f"glob={base}/\\*\\*/\\*.log topic={topic}: matching files: 0 ")
     (base / "x" / "y").mkdir(parents=True)
     (base / "x" / "y" / "deep.log").write_bytes(b"deep\n")
     (base / "top.log").write_bytes(b"top\n")
@@ -163,11 +168,8 @@ def test_a_file_that_appeared_while_the_agent_was_down_is_shipped_whole(etcd, ka
     app = logs / "a.log"
     agent = follow_glob(etcd, kafka, make_agent, key, {"path": f"{logs}/*.log", "topic": topic},
                         app)
-    app.write_bytes(b"one\n")
     reader_ = reader(topic)
-    reader_.wait_count(1)
-    wait_until(lambda: any(c["path"] == str(app) and c["offset"] == 4
-                           for c in agent.checkpoints()), 15, "a.log's offset saved")
+    ship_and_save(agent, reader_, app, b"one\n")
     agent.kill()
     (logs / "b.log").write_bytes(b"while down\n")
     with app.open("ab") as f:

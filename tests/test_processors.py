@@ -114,6 +114,22 @@ def test_json_records_hold_each_message_exactly(lines):
         line.decode("utf-8", "replace") for line in lines]
 
 
+@given(st.lists(st.text(st.characters(min_codepoint=32, max_codepoint=126)), min_size=1,
+                max_size=20))
+def test_plain_ascii_lines_fill_the_record_template_exactly(texts):
+    """Lines with nothing to escape take the bytes template: `%` and non-ASCII in the
+    path and the fields must come out as written, whatever the lines hold."""
+    chunk = chunk_of([text.encode() for text in texts])
+    target = Target("/var/log/100%-été.log", "t",
+                    options=Options(format="json", fields=(("p%d", "x%s"),)))
+    Processor(target, "h%b").process(chunk, now=0.0)
+    documents = [json.loads(record) for record in chunk.lines]
+    assert [d["message"] for d in documents] == texts
+    assert [d["offset"] for d in documents] == chunk.offsets
+    assert {(d["path"], d["host"], d["p%d"]) for d in documents} == {
+        ("/var/log/100%-été.log", "h%b", "x%s")}
+
+
 def events_one_by_one(lines: list[bytes], offsets: list[int], after: bool,
                       max_lines: int) -> list[tuple[bytes, int]]:
     """Filebeat's multiline, a line at a time: the model the chunked Joiner must equal.
