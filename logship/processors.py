@@ -187,7 +187,8 @@ def _any_of(patterns: tuple[str, ...]) -> Callable[[bytes], object] | None:
 
 
 Encoder = Callable[[list[bytes], list[int]], tuple[list[bytes], int]]
-_needs_escape = re.compile(rb'[\x00-\x1f"\\\x80-\xff]').search
+# Bytes a JSON string holds as they are: printable ASCII but the quote and the backslash.
+_JSON_VERBATIM = bytes(b for b in range(0x20, 0x7f) if b not in b'"\\')
 
 
 def _json_encoder(target: Target, host: str) -> Encoder:
@@ -209,7 +210,7 @@ def _json_encoder(target: Target, host: str) -> Encoder:
         if not lines:
             return [], 0
         head = f'{{"@timestamp":"{_now()}","message":'
-        if not embed and _needs_escape(b"".join(lines)) is None:
+        if not embed and not b"".join(lines).translate(None, _JSON_VERBATIM):
             template = _template(f'{head}"', f'"{middle}', tail)
             return [template % line_offset for line_offset in zip(lines, offsets)], 0
         texts = [line.decode("utf-8", "replace") for line in lines]
