@@ -1,8 +1,8 @@
 """Glob entries through the real agent, on both Kafka clients: a worker per matching file
 with its own key and offsets, new files picked up through inotify (the safety sweep is
 set to ten minutes, so nothing else could find them in time), rotation out of and
-within the glob, `**` under a directory that appears later, allowed_paths per match
-and the files.max_files cap."""
+within the glob, `**` under a directory that appears later, allowed_paths per match,
+the files.max_files cap, and a file that appeared while the agent was down."""
 
 from __future__ import annotations
 
@@ -36,12 +36,12 @@ def shipped(records) -> list[tuple[str, bytes, int]]:
     return sorted((r.key.decode(), r.value, int(header(r, "offset"))) for r in records)
 
 
-def follow_glob(etcd, kafka, make_agent, key, entry: dict, *empty_files, **files):
+def follow_glob(etcd, kafka, make_agent, key, entry: dict, *empty_files):
     """Empty files first, then the glob entry and an agent that follows each of them."""
     for path in empty_files:
         path.write_bytes(b"")
     etcd.put(key, [entry])
-    agent = make_agent(etcd, kafka, [key], files={**NO_SWEEP, **files}).start()
+    agent = make_agent(etcd, kafka, [key], files=NO_SWEEP).start()
     for path in empty_files:
         agent.wait_log(f"worker started path={path}")
     return agent
