@@ -14,8 +14,8 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from importlib import resources
 from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator
 

@@ -201,11 +201,10 @@ class Worker(Service):
             self._truncated.inc(chunk.truncated)
             log.warning("%s: %s longer than files.max_line_bytes truncated", self.target,
                         plural(chunk.truncated, "line", "lines"))
-        if chunk.lines and self._processor is not None:
-            self._count(self._processor.process(chunk, time.monotonic()))
+        if chunk.lines:
+            if self._processor is not None:
+                self._count(self._processor.process(chunk, time.monotonic()))
             self._enqueue(chunk)
-        elif chunk.lines:
-            self._queued, self._queued_at = chunk, 0
         return True
 
     def _count(self, processed: Processed) -> None:
@@ -213,9 +212,9 @@ class Worker(Service):
         self._invalid_json.inc(processed.invalid_json)
 
     def _enqueue(self, chunk: Chunk) -> None:
-        """A processed chunk. One left without records (all filtered out, or all held in
-        a multiline event) still moves the offset: as an empty batch, in order behind
-        those in flight."""
+        """Queue a chunk to send. One that processing left without records (all filtered
+        out, or all held in a multiline event) still moves the offset: as an empty batch,
+        in order behind those in flight."""
         if chunk.lines:
             self._queued, self._queued_at = chunk, 0
         else:
