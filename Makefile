@@ -38,7 +38,7 @@ kafka-jars: $(KAFKA_LIBS)/.fetched
 
 $(KAFKA_LIBS)/.fetched: scripts/kafka/pom.xml
 	rm -rf $(KAFKA_LIBS)
-	mvn -q -B -f scripts/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=$(abspath $(KAFKA_LIBS))
+	mvn -q -B -Dstyle.color=never -f scripts/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=$(abspath $(KAFKA_LIBS))
 	touch $@
 
 # Brings up a local etcd and Kafka when config.yaml's endpoints do not answer, then runs

@@ -28,7 +28,8 @@ from logship.fswatch import DirWatcher, Subscription
 from logship.logs import plural
 from logship.manager import Manager
 from logship.metrics import Metrics, MetricsServer
-from logship.sink import Sink, check_settings, open_sink
+from logship.clients import check_settings, open_sink
+from logship.sink import Sink
 from logship.spec import Target
 from logship.status import Document, Identity, StatusWriter, document, lag_by_topic
 from logship.supervisor import Supervisor
@@ -117,26 +118,36 @@ class Agent:
         self._reload_reason = reason
         self._reload_requested_at = time.monotonic()
 
-    def status_document(self) -> Document:
-        """This agent's status (any thread: /api/status, the status writer, a scrape)."""
+    def keys_of(self, target: Target) -> list[str]:
+        """The etcd keys (or "config") that declare a target's entry (any thread)."""
+        return self._owners().get(target.entry_id, [])
+
+    def _owners(self) -> dict[tuple[str, str], list[str]]:
         with self._lock:
             declared = list(self._declared.items())
         owners: dict[tuple[str, str], list[str]] = {}
         for owner, targets in declared:
             for target in targets:
                 owners.setdefault(target.id, []).append(owner)
+        return owners
+
+    def status_document(self) -> Document:
+        """This agent's status (any thread: /api/status, the status writer, a scrape)."""
+        owners = self._owners()
         return document(self.identity, self.config.etcd.keys, self.sink.health.up,
                         self.workers.states(), owners)
 
     def status_fingerprint(self) -> Hashable | None:
         """Cheap, so that 5,000 idle files cost no status rebuild (a stat and a dict each)
-        every status.interval: the status has not changed while this has not. None while
-        Kafka is down, when lag grows without a line being sent."""
+        every status.interval: the status has not changed while this has not. A write to
+        a followed file moves it (its lag grew), so the status says so within one
+        interval. None while Kafka is down: rebuilt every interval."""
         if not self.sink.health.up:
             return None
         activity = [worker.activity() for worker in self.workers.running()]
         return (self._declarations, self.workers.changes, tuple(self.config.etcd.keys),
-                sum(sent for sent, _ in activity), sum(opened for _, opened in activity))
+                self.watcher.changes, sum(sent for sent, _ in activity),
+                sum(opened for _, opened in activity))
 
     def health(self) -> str | None:
         """What is wrong, for /healthz; None when healthy."""
@@ -240,7 +251,7 @@ class Agent:
 
     def _new_worker(self, target: Target) -> Worker:
         return Worker(target, self.config.files, self.config.allowed_paths, self.sink, self.store,
-                      self.watcher, self.metrics)
+                      self.watcher, self.metrics, self.keys_of)
 
     def _start_status(self) -> None:
         config = self.config
@@ -295,15 +306,16 @@ class Agent:
             log.info("config reloaded: unchanged")
             return
         changes = describe_changes(self.config, new)
+        keys_added = set(new.etcd.keys) - set(self.config.etcd.keys)
         before = self.workers.keys()
         restarted = self._apply(new, sink)
         self._reconcile_workers()
         after = self.workers.keys()
         self.metrics.config_reloads.labels("ok").inc()
-        log.info("config reloaded from %s: %s; workers: %d started, %d stopped%s (files of "
-                 "added keys start as their values are read)", self.config_path, changes,
-                 len(after - before), len(before - after),
-                 f", {len(before & after)} restarted" if restarted else "")
+        log.info("config reloaded from %s: %s; workers: %d started, %d stopped%s%s",
+                 self.config_path, changes, len(after - before), len(before - after),
+                 f", {len(before & after)} restarted" if restarted else "",
+                 " (files of added keys start as their values are read)" if keys_added else "")
 
     def _apply(self, new: Config, sink: Sink) -> bool:
         """True when the running workers were restarted (their settings changed)."""

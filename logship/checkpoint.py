@@ -240,13 +240,32 @@ def prepare_state_dir(state_dir: Path) -> None:
             os.chmod(state_dir, STATE_DIR_MODE)
             log.info("state_dir %s: mode tightened from %o to %o", state_dir,
                      stat.S_IMODE(st.st_mode), STATE_DIR_MODE)
-        probe = state_dir / f".write-test-{os.getpid()}"
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                         STATE_FILE_MODE))
-        probe.unlink()
+        _probe_writable(state_dir)
     except OSError as exc:
-        raise ConfigError(f"state_dir {state_dir}: cannot be created or used: "
-                          f"{exc.strerror}") from None
+        raise _unusable(state_dir, exc) from None
+
+
+def check_state_dir(state_dir: Path) -> None:
+    """`logship check`: whether the agent could prepare state_dir, changing nothing. A
+    directory that does not exist yet is judged by its nearest existing parent, where
+    the agent would create it."""
+    existing = next(p for p in (state_dir, *state_dir.parents) if os.path.lexists(p))
+    try:
+        _probe_writable(existing)
+    except OSError as exc:
+        raise _unusable(state_dir, exc) from None
+
+
+def _probe_writable(directory: Path) -> None:
+    """Create and remove a file: nothing is left behind."""
+    probe = directory / f".write-test-{os.getpid()}"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                     STATE_FILE_MODE))
+    probe.unlink()
+
+
+def _unusable(state_dir: Path, exc: OSError) -> ConfigError:
+    return ConfigError(f"state_dir {state_dir}: cannot be created or used: {exc.strerror}")
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

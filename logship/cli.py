@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,11 +25,11 @@ from typing import Callable, Iterator
 from logship import __version__, logs
 from logship.logs import plural
 from logship.agent import Agent, load
-from logship.checkpoint import prepare_state_dir
+from logship.checkpoint import check_state_dir
 from logship.config import Config, EtcdConfig, expand_key
 from logship.errors import EtcdUnavailable, LogshipError, SpecError
 from logship.etcd_source import ETCD_ERRORS, EtcdSession, EtcdSource, describe
-from logship.sink import reach_broker
+from logship.clients import reach_broker
 from logship.spec import parse_value
 from logship.status import parse_documents, render
 
@@ -35,13 +38,25 @@ log = logging.getLogger("logship")
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
     logs.setup()
     try:
-        return args.func(args)
+        args = parser.parse_args(argv)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except LogshipError as exc:
         print(f"logship: error: {logs.shown(str(exc), logs.MESSAGE_LIMIT)}", file=sys.stderr)
         return 1
+
+
+def _reader_gone() -> int:
+    """The reader of our output went away (`logship status | head -4`): end quietly, as
+    `git log | head` does. stdout goes to /dev/null, so that the flush at exit cannot
+    fail a second time."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,7 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     check_command = command("check", check, "validate the config")
     check_command.add_argument("--connect", action="store_true",
                                help="also reach every etcd endpoint and Kafka broker")
+    check_command.add_argument("--timeout", type=_positive, default=CONNECT_TIMEOUT,
+                               metavar="S", help="with --connect: seconds each endpoint is "
+                               f"given, all at once (default: {CONNECT_TIMEOUT:g})")
     put = command("put", put_value, "validate a JSON value and write it to etcd")
+    put.add_argument("--force", action="store_true",
+                     help="write even to a key that no agent of this config watches")
     put.add_argument("key")
     put.add_argument("file", help="a JSON file, or - for standard input")
     get = command("get", get_value, "print the value stored under KEY")
@@ -76,6 +96,16 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="the documents as one JSON array")
     status.add_argument("name", nargs="?", help="only the agent of this name")
     return parser
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
 
 
 @contextmanager
@@ -93,7 +123,8 @@ def _etcd(config: Config) -> Iterator[EtcdSession]:
 def _load(path: Path, strict: bool = False) -> Config:
     config = load(path, strict=strict)
     for warning in config.warnings:
-        log.warning("config: %s", warning)
+        log.warning("config: %s (%s: ignored, so its default applies; `logship check` "
+                    "refuses it)", warning, path)
     return config
 
 
@@ -116,25 +147,67 @@ def run(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
+    """Validates and changes nothing: state_dir is judged, never created."""
     config = load(args.config, strict=True)
-    prepare_state_dir(config.state_dir)
+    check_state_dir(config.state_dir)
     print(f"{args.config}: ok ({plural(len(config.etcd.keys), 'etcd key', 'etcd keys')}, "
           f"{plural(len(config.logs), 'static entry', 'static entries')})")
-    if args.connect and not _connect(config):
+    if args.connect and not _connect(config, args.timeout):
         raise LogshipError("not every endpoint answered")
     return 0
 
 
-def _connect(config: Config) -> bool:
-    """Filebeat's `test output`: one line per etcd endpoint and Kafka broker."""
-    results = []
-    for host, port in config.etcd.endpoints:
-        one = replace(config.etcd, endpoints=((host, port),))
-        results.append(_reach(f"etcd {host}:{port}", lambda: _etcd_version(one)))
-    for broker in config.kafka.bootstrap_servers:
-        results.append(_reach(f"kafka {broker} ({config.kafka.client})",
-                              lambda: reach_broker(config.kafka, broker)))
-    return all(results)
+CONNECT_TIMEOUT = 5.0
+CONNECT_GRACE = 1.0
+CAUSE_LIMIT = 1000
+
+
+@dataclass
+class _Probe:
+    """One endpoint reached on a thread of its own, so that a server that never answers
+    holds up nothing but its own line."""
+
+    what: str
+    attempt: Callable[[], str]
+    answer: str | None = None
+    failure: str | None = None
+    thread: threading.Thread = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._run, name=f"check {self.what}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.answer = self.attempt()
+        except (LogshipError, *ETCD_ERRORS) as exc:
+            self.failure = str(exc) if isinstance(exc, LogshipError) else describe(exc)
+
+    def line(self, timeout: float) -> str:
+        if self.answer is not None:
+            return f"{self.what}: ok, {self.answer}"
+        cause = self.failure or f"no answer within {timeout:g}s"
+        return f"{self.what}: FAILED: {logs.shown(cause, CAUSE_LIMIT)}"
+
+
+def _connect(config: Config, timeout: float) -> bool:
+    """Filebeat's `test output`: one line per etcd endpoint and Kafka broker. All are
+    reached at once and the check ends within the bound it states, whatever the servers
+    do: a probe still running then is a daemon thread, left behind at exit."""
+    probes = [_Probe(f"etcd {host}:{port}", partial(_etcd_version, replace(
+        config.etcd, endpoints=((host, port),), timeout=min(config.etcd.timeout, timeout))))
+        for host, port in config.etcd.endpoints]
+    probes += [_Probe(f"kafka {broker} ({config.kafka.client})",
+                      partial(reach_broker, config.kafka, broker, timeout))
+               for broker in config.kafka.bootstrap_servers]
+    print(f"reaching {plural(len(probes), 'endpoint', 'endpoints')} at once, each within "
+          f"{timeout:g}s ({timeout + CONNECT_GRACE:g}s in all)", flush=True)
+    for probe in probes:
+        probe.thread.start()
+    deadline = time.monotonic() + timeout + CONNECT_GRACE
+    for probe in probes:
+        probe.thread.join(max(0.0, deadline - time.monotonic()))
+        print(probe.line(timeout), flush=True)
+    return all(probe.answer is not None for probe in probes)
 
 
 def _etcd_version(config: EtcdConfig) -> str:
@@ -143,17 +216,6 @@ def _etcd_version(config: EtcdConfig) -> str:
         return f"etcd {session.version()}"
     finally:
         session.close()
-
-
-def _reach(what: str, attempt: Callable[[], str]) -> bool:
-    try:
-        answer = attempt()
-    except (LogshipError, *ETCD_ERRORS) as exc:
-        cause = str(exc) if isinstance(exc, LogshipError) else describe(exc)
-        print(f"{what}: FAILED: {logs.shown(cause)}")
-        return False
-    print(f"{what}: ok, {answer}")
-    return True
 
 
 def put_value(args: argparse.Namespace) -> int:
@@ -169,7 +231,7 @@ def put_value(args: argparse.Namespace) -> int:
     if parsed.rejected:
         raise SpecError(f"key={args.key}: value refused, nothing written: "
                         + "; ".join(parsed.rejected))
-    _warn_unwatched(config, args.config, args.key)
+    _refuse_unwatched(config, args.config, args.key, args.force)
     with _etcd(config) as session:
         session.put(args.key, raw)
     print(f"key={args.key}: wrote {plural(len(parsed.targets), 'entry', 'entries')}")
@@ -187,11 +249,27 @@ def delete_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warn_unwatched(config: Config, path: Path, key: str) -> None:
+def _unwatched(config: Config, path: Path, key: str) -> str | None:
     """A key no agent with this config watches is almost always a typo."""
-    if key not in config.etcd.keys:
-        log.warning("key=%s is not in etcd.keys of %s (%s): agents with this config do not "
-                    "watch it", key, path, ", ".join(config.etcd.keys))
+    if key in config.etcd.keys:
+        return None
+    return (f"key={key} is not in etcd.keys of {path} ({', '.join(config.etcd.keys)}): "
+            f"agents with this config do not watch it")
+
+
+def _warn_unwatched(config: Config, path: Path, key: str) -> None:
+    problem = _unwatched(config, path, key)
+    if problem:
+        log.warning("%s", problem)
+
+
+def _refuse_unwatched(config: Config, path: Path, key: str, force: bool) -> None:
+    """put exits non-zero for such a key unless forced, so that a script notices."""
+    problem = _unwatched(config, path, key)
+    if problem and not force:
+        raise LogshipError(f"{problem}; nothing written (--force writes it anyway)")
+    if problem:
+        log.warning("%s; written as --force asks", problem)
 
 
 def show_status(args: argparse.Namespace) -> int:

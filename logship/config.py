@@ -20,7 +20,7 @@ import yaml
 
 from logship.errors import ConfigError
 from logship.globs import compile_glob
-from logship.logs import shown
+from logship.logs import did_you_mean, shown
 from logship.spec import Target, check_allowed, parse_entry, split_host_port
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,9 @@ class _Section:
         return convert(self.data[key], self.field(key))
 
     def unknown(self) -> list[str]:
-        return [f"{self.field(str(k))}: unknown setting" for k in self.data if k not in self.used]
+        qualify = f"{self.name}." if self.name else ""
+        return [f"{self.field(str(k))}: unknown setting{did_you_mean(str(k), self.used, qualify)}"
+                for k in self.data if k not in self.used]
 
 
 def _type(value: Any) -> str:

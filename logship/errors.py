@@ -21,5 +21,10 @@ class SinkError(LogshipError):
     """Kafka refused or failed to acknowledge records."""
 
 
+class TopicRefused(SinkError):
+    """Kafka refuses one topic (an invalid or colliding name, a topic policy, an ACL)
+    while it takes the others: only the entries of that topic are held."""
+
+
 class EtcdUnavailable(LogshipError):
     """No configured etcd endpoint answered."""

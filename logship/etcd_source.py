@@ -26,12 +26,33 @@ import grpc  # noqa: E402
 from logship.config import EtcdConfig  # noqa: E402
 from logship.errors import EtcdUnavailable  # noqa: E402
 from logship.netprobe import TlsFiles, endpoint_failure, speaks_tls  # noqa: E402
+from logship.supervisor import Backoff  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 ETCD_ERRORS = (etcd3.exceptions.Etcd3Exception, grpc.RpcError, ValueError)
 CONNECTION_ERRORS = (etcd3.exceptions.ConnectionFailedError,
                      etcd3.exceptions.ConnectionTimeoutError)
+
+
+RECONNECT_CAP = 5.0
+
+
+def reconnect_backoff() -> Backoff:
+    """Between attempts to reach etcd: 0.5 s doubling to 5 s, so that a returning etcd is
+    used within seconds while one that stays down costs one attempt per 5 s."""
+    return Backoff(base=0.5, cap=RECONNECT_CAP, stable_after=30.0)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a conditional put found: written (at `mod_revision`), or the key held by a
+    write it did not expect (`value` and `lease` of that write; value None: absent)."""
+
+    written: bool
+    mod_revision: int = 0
+    value: bytes | None = None
+    lease: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,6 +106,20 @@ class EtcdSession:
 
     def put(self, key: str, value: bytes, lease: Any = None) -> None:
         self._client.put(key, value, lease=lease)
+
+    def put_if_unmoved(self, key: str, value: bytes, lease: Any, mod_revision: int) -> Claim:
+        """Put on the lease only if the key was last written at `mod_revision` (0: only if
+        it is absent), in one etcd transaction; otherwise say who holds it."""
+        ops = self._client.transactions
+        written, responses = self._client.transaction(
+            compare=[ops.mod(key) == mod_revision], success=[ops.put(key, value, lease)],
+            failure=[ops.get(key)])
+        if written:
+            return Claim(True, responses[0].response_put.header.revision)
+        if not responses[0]:
+            return Claim(False)
+        found, meta = responses[0][0]
+        return Claim(False, meta.mod_revision, found, meta.lease_id)
 
     def lease(self, ttl: int) -> Any:
         """A lease the caller keeps alive with refresh(); its keys go when it expires."""

@@ -104,6 +104,9 @@ class DirWatcher:
         self._trees: dict[tuple[str, bool], frozenset[TreeSubscription]] = {}
         self._tree_watches: dict[tuple[str, bool], ObservedWatch] = {}
         self._lost_trees: set[tuple[str, bool]] = set()
+        # Events on followed names, counted on watchdog's thread only: a status that has
+        # not seen this move knows no followed file changed (cheap beside a stat each).
+        self.changes = 0
 
     def start(self) -> None:
         self._observer.start()
@@ -226,7 +229,10 @@ class DirWatcher:
             pass
 
     def notify(self, directory: str, name: str) -> None:
-        for sub in self._names(directory).get(name, ()):
+        subs = self._names(directory).get(name, ())
+        if subs:
+            self.changes += 1
+        for sub in subs:
             sub.wake()
 
 

@@ -8,11 +8,13 @@ line of defence, so no input can forge or split a log line.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import re
 import sys
 from datetime import datetime
+from typing import Iterable
 
 ECHO_LIMIT = 200
 MESSAGE_LIMIT = 16 * 1024
@@ -82,3 +84,10 @@ def setup(level: str = "info", format: str = "text") -> None:
 def plural(count: int, one: str, many: str) -> str:
     """'1 entry', '2 entries': counts in messages read as an operator would write them."""
     return f"{count} {one if count == 1 else many}"
+
+
+def did_you_mean(word: str, known: Iterable[str], qualify: str = "") -> str:
+    """'; did you mean allowed_paths?' for a misspelt name (the known one after
+    `qualify`, e.g. 'etcd.'), or '' when none is close."""
+    close = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+    return f"; did you mean {qualify}{close[0]}?" if close else ""

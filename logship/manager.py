@@ -12,11 +12,12 @@ import queue
 from typing import Callable
 
 from logship.errors import EtcdUnavailable, LogshipError, SpecError
-from logship.etcd_source import ETCD_ERRORS, WAKE, EtcdSession, EtcdSource, describe
+from logship.etcd_source import (ETCD_ERRORS, WAKE, EtcdSession, EtcdSource, describe,
+                                  reconnect_backoff)
 from logship.logs import plural
 from logship.metrics import Metrics
 from logship.spec import Target, parse_value
-from logship.supervisor import Backoff, Service
+from logship.supervisor import Service
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,7 @@ class Manager(Service):
             session.events.put(WAKE)
 
     def serve(self) -> None:
-        self.retry(self._follow, (LogshipError, *ETCD_ERRORS), self._failed,
-                   Backoff(base=0.5, cap=30.0, stable_after=30.0))
+        self.retry(self._follow, (LogshipError, *ETCD_ERRORS), self._failed, reconnect_backoff())
 
     def _failed(self, exc: BaseException, delay: float) -> None:
         self._metrics.etcd_errors.labels(self.key).inc()

@@ -33,11 +33,13 @@ class Metrics:
         ProcessCollector(registry=r)
         Info("logship_build", "The running logship.", registry=r).info(
             {"version": __version__, "python": platform.python_version()})
-        self.lines_read = Counter("logship_lines_read", "Lines read from files.", ["topic"], registry=r)
-        self.lines_sent = Counter("logship_lines_sent", "Lines acknowledged by Kafka.", ["topic"],
-                                  registry=r)
-        self.bytes_sent = Counter("logship_bytes_sent", "Line bytes acknowledged by Kafka.",
-                                  ["topic"], registry=r)
+        self.lines_read = Counter("logship_lines_read", "Lines read from files, before filters "
+                                  "and multiline.", ["topic"], registry=r)
+        self.records_sent = Counter("logship_records_sent", "Records acknowledged by Kafka (a "
+                                    "multiline event is one record, a filtered line none).",
+                                    ["topic"], registry=r)
+        self.bytes_sent = Counter("logship_bytes_sent", "Record value bytes acknowledged by "
+                                  "Kafka.", ["topic"], registry=r)
         self.send_errors = Counter("logship_send_errors", "Records Kafka failed to acknowledge.",
                                    ["topic"], registry=r)
         self.lines_skipped = Counter("logship_lines_skipped",

@@ -1,12 +1,12 @@
-"""The sink interface: what a worker needs from a Kafka client, and the choice of client.
+"""The sink interface: what a worker needs from a Kafka client; it imports no client.
 
 Each client lives in a module of its own, the only importer of its library:
-`sink_kafka_python` (the default) and `sink_confluent` (librdkafka, the fast path, an
-optional extra). Both keep one contract: acks=all with idempotence, records identical
-(value = the line, key = the file's path by default, headers path, host, offset and the
-entry's constant fields), delivery known
-per batch of lines so that an offset never passes an unacknowledged line, and the
-agent-wide in-flight budget, since neither client caps memory the way we need.
+`sink_kafka_python` (the default) and `sink_confluent` (librdkafka, the fast path,
+installed separately); `clients` chooses between them. Both keep one contract: acks=all
+with idempotence, records identical (value = the line, key = the file's path by default,
+headers path, host, offset and the entry's constant fields), delivery known per batch of
+lines so that an offset never passes an unacknowledged line, and the agent-wide
+in-flight budget, since neither client caps memory the way we need.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
-from logship.errors import SinkError
-from logship.netprobe import TlsFiles, endpoint_failure, tcp_failure
+from logship.netprobe import TlsFiles, endpoint_failure
 
 if TYPE_CHECKING:
     from logship.config import KafkaConfig
@@ -32,6 +31,11 @@ Wake = Callable[[], None]
 OnError = Callable[[str], None]     # an outage reported, by reason; set before any client runs
 REPEAT_EVERY = 60.0
 STALL_AFTER = 10.0
+EXPLAIN_TIMEOUT = 5.0
+NOT_CREATED = ("the topic does not exist and Kafka did not create it when written to "
+               "(auto.create.topics.enable=false?): create it")
+NOT_AUTHORIZED = ("Topic authorization failed (TOPIC_AUTHORIZATION_FAILED): grant the agent's "
+                  "principal Write on the topic")
 
 
 class Delivery(Protocol):
@@ -53,7 +57,8 @@ class Sent:
     delivery: Delivery | None = None
     skipped: list[int] = field(default_factory=list)
     count: int = 0
-    unavailable: str | None = None
+    unavailable: str | None = None      # Kafka cannot take records now (all topics)
+    refused: str | None = None          # Kafka refuses this topic, and why
 
     @property
     def handed_over(self) -> int:
@@ -200,6 +205,18 @@ class Sink(ABC):
         """The broker refused the record as too large: skipping it is the only way on."""
 
     @abstractmethod
+    def is_topic_error(self, error: BaseException) -> bool:
+        """A record failed for its topic (unknown, invalid, not authorized), not for
+        Kafka as a whole."""
+
+    @abstractmethod
+    def explain_topic(self, topic: str, error: BaseException | None) -> str | None:
+        """Why Kafka refuses the topic after `error` (None: no metadata for it): an
+        authorization error says so itself; otherwise Kafka's own words from a
+        validate-only creation (a name that collides, a topic policy). None when it does
+        not refuse the topic or cannot be asked."""
+
+    @abstractmethod
     def recover(self, generation: int) -> None:
         """Called after records were refused as too large by the broker: replace the
         producer if that left it unusable (once per generation)."""
@@ -246,34 +263,3 @@ def managed_security(names: dict[str, str]) -> dict[str, str]:
 def _header_value(value: str | int | float | bool) -> bytes:
     """A constant field as a header: its JSON text, but a string is its own bytes."""
     return value.encode() if isinstance(value, str) else json.dumps(value).encode()
-
-
-def open_sink(config: KafkaConfig, host: bytes, on_error: OnError) -> Sink:
-    """The configured client's sink; the optional client is imported only when chosen."""
-    if config.client == "confluent-kafka":
-        from logship.sink_confluent import ConfluentSink
-        return ConfluentSink(config, host, on_error)
-    from logship.sink_kafka_python import KafkaPythonSink
-    return KafkaPythonSink(config, host, on_error)
-
-
-def check_settings(config: KafkaConfig) -> None:
-    """Validate `kafka.producer` for the chosen client (ConfigError naming the field)."""
-    if config.client == "confluent-kafka":
-        from logship.sink_confluent import check_producer_settings
-    else:
-        from logship.sink_kafka_python import check_producer_settings
-    check_producer_settings(config)
-
-
-def reach_broker(config: KafkaConfig, broker: str, timeout: float = 5.0) -> str:
-    """`logship check --connect`: what the broker answered, or SinkError with the cause."""
-    host, _, port = broker.rpartition(":")
-    cause = tcp_failure(host, int(port))
-    if cause is not None:
-        raise SinkError(cause)
-    if config.client == "confluent-kafka":
-        from logship.sink_confluent import reach_broker as reach
-    else:
-        from logship.sink_kafka_python import reach_broker as reach
-    return reach(config, broker, timeout)

@@ -1,4 +1,4 @@
-"""The only importer of confluent_kafka: the fast path, librdkafka (`logship[fast]`).
+"""The only importer of confluent_kafka: the fast path, librdkafka (`pip install confluent-kafka`).
 
 Delivery reports run inside poll(), on the thread that calls it. One poller thread,
 owned by the sink, is the only caller of poll(), so each batch's counters have a
@@ -18,10 +18,12 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from logship.errors import ConfigError, SinkError
-from logship.sink import (Envelope, OnError, Resent, Sent, Sink, Wake, line_failures,
-                          managed_security, security_settings)
+from logship.sink import (EXPLAIN_TIMEOUT, NOT_AUTHORIZED, NOT_CREATED, Envelope, OnError,
+                          Resent, Sent, Sink, Wake, line_failures, managed_security,
+                          security_settings)
 from logship.supervisor import Service
 
 if TYPE_CHECKING:
@@ -54,7 +56,12 @@ MANAGED = {
     "on_delivery": "nothing: logship tracks deliveries itself",
     "error_cb": "nothing: logship reports errors itself",
 }
-DEFAULTS = {"linger.ms": 5, "batch.size": 1024 * 1024}
+# topic.metadata.propagation.max.ms: records to a topic Kafka does not create fail after
+# 5 s (not 30 s), well before an unacknowledged batch counts as a Kafka-wide outage; the
+# worker sends them again, so a slow creation costs a retry, never a line.
+DEFAULTS = {"linger.ms": 5, "batch.size": 1024 * 1024, "topic.metadata.propagation.max.ms": 5000}
+TOPIC_ERRORS = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
+                KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.TOPIC_EXCEPTION)
 UNAVAILABLE = {KafkaError._ALL_BROKERS_DOWN: "all_brokers_down", KafkaError._TRANSPORT: "transport",
                KafkaError._RESOLVE: "resolve", KafkaError._TIMED_OUT: "timeout"}
 REFUSED = {KafkaError._AUTHENTICATION: "authentication", KafkaError._SSL: "tls"}
@@ -95,13 +102,26 @@ def check_producer_settings(config: KafkaConfig) -> None:
 
 
 def reach_broker(config: KafkaConfig, broker: str, timeout: float) -> str:
-    """Fetch the cluster's metadata from this broker alone, with the configured security."""
-    producer = Producer(_settings(config, {"bootstrap.servers": broker, "log_level": 0}))
+    """Fetch the cluster's metadata from this broker alone, with the configured security.
+    A refused login or handshake reaches only the error callback (the metadata call says
+    "transport failure"), so that is the cause when there is one."""
+    refusals: list[str] = []
+
+    def on_error(error: KafkaError) -> None:
+        if error.code() in REFUSED:
+            refusals.append(BROKER_PREFIX.sub("", error.str()))
+    producer = Producer(_settings(config, {"bootstrap.servers": broker, "log_level": 0,
+                                           "error_cb": on_error}))
     try:
         metadata = producer.list_topics(timeout=timeout)
     except KafkaException as exc:
-        raise SinkError(_describe(exc)) from None
+        producer.poll(0)            # serves the error callbacks
+        raise SinkError(refusals[-1] if refusals else _describe(exc)) from None
     return f"cluster {metadata.cluster_id}, {len(metadata.brokers)} brokers"
+
+
+def _code(error: BaseException | None) -> int | None:
+    return error.args[0].code() if isinstance(error, KafkaException) and error.args else None
 
 
 def _describe(exc: BaseException) -> str:
@@ -218,8 +238,7 @@ class ConfluentSink(Sink):
         log.warning("Kafka producer replaced after a fatal error")
 
     def is_too_large(self, error: BaseException) -> bool:
-        code = error.args[0].code() if isinstance(error, KafkaException) and error.args else None
-        return code in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD)
+        return _code(error) in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD)
 
     def send(self, topic: str, envelope: Envelope, lines: Sequence[bytes],
              offsets: Sequence[int], wake: Wake) -> Sent:
@@ -248,6 +267,27 @@ class ConfluentSink(Sink):
             batch.total = sent.handed_over
             sent.delivery = batch
         return sent
+
+    def is_topic_error(self, error: BaseException) -> bool:
+        return _code(error) in TOPIC_ERRORS
+
+    def explain_topic(self, topic: str, error: BaseException | None) -> str | None:
+        if _code(error) == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            return NOT_AUTHORIZED
+        admin = AdminClient(_settings(self.config, {"log_level": 0}))  # a producer handle
+        future = admin.create_topics([NewTopic(topic)], validate_only=True,
+                                     request_timeout=EXPLAIN_TIMEOUT)[topic]
+        try:
+            future.result(EXPLAIN_TIMEOUT)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if error is None or error.code() in (KafkaError.TOPIC_ALREADY_EXISTS,
+                                                 KafkaError._TIMED_OUT, KafkaError._TRANSPORT):
+                return None
+            return error.str()
+        except Exception:       # concurrent.futures' TimeoutError: Kafka did not answer
+            return None
+        return NOT_CREATED
 
     def recover(self, generation: int) -> None:
         """librdkafka fails the refused message set alone and keeps going."""
@@ -294,3 +334,7 @@ class ConfluentSink(Sink):
             self._isolation.flush(0)
         if remaining:
             log.warning("Kafka did not acknowledge %d record(s) within %.0fs", remaining, timeout)
+
+
+def open_sink(config: KafkaConfig, host: bytes, on_error: OnError) -> Sink:
+    return ConfluentSink(config, host, on_error)

@@ -12,16 +12,19 @@ import ssl
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import (AuthorizationError, KafkaConnectionError, KafkaError,
-                          KafkaTimeoutError, MessageSizeTooLargeError, RecordListTooLargeError,
-                          SaslAuthenticationFailedError)
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import (AuthorizationError, InvalidTopicError, KafkaConnectionError,
+                          KafkaError, KafkaTimeoutError, MessageSizeTooLargeError,
+                          RecordListTooLargeError, SaslAuthenticationFailedError,
+                          TopicAlreadyExistsError, TopicAuthorizationFailedError,
+                          UnknownTopicOrPartitionError, for_code)
 from kafka.partitioner.default import DefaultPartitioner
 from kafka.producer.future import FutureRecordMetadata
 
 from logship.errors import ConfigError, SinkError
-from logship.sink import (Envelope, OnError, Resent, Sent, Sink, Wake, line_failures,
-                          managed_security, security_settings)
+from logship.sink import (EXPLAIN_TIMEOUT, NOT_AUTHORIZED, NOT_CREATED, Envelope, OnError,
+                          Resent, Sent, Sink, Wake, line_failures, managed_security,
+                          security_settings)
 
 if TYPE_CHECKING:
     from logship.config import KafkaConfig
@@ -55,6 +58,7 @@ DEFAULTS = {"linger_ms": 5, "batch_size": 256 * 1024}
 HELD = 2**31 - 1        # delivery_timeout_ms: an outage holds lines, it never fails them
 CONNECTIONS_LOG = logging.getLogger("kafka.net")
 REFUSALS = (SaslAuthenticationFailedError, AuthorizationError, ssl.SSLError)
+TOPIC_ERRORS = (UnknownTopicOrPartitionError, TopicAuthorizationFailedError, InvalidTopicError)
 
 
 class ConnectionErrors(logging.Handler):
@@ -134,19 +138,34 @@ def check_producer_settings(config: KafkaConfig) -> None:
 
 
 def reach_broker(config: KafkaConfig, broker: str, timeout: float) -> str:
-    """Fetch the cluster's metadata from this broker alone, with the configured security."""
-    consumer = None
-    with ConnectionErrors(_sasl(config)) as errors:
+    """Fetch the cluster's metadata from this broker alone, with the configured security,
+    within `timeout`: kafka-python waits for metadata without a bound (a refused SASL
+    login retries for ever), so the wait runs on a thread of its own and a refusal
+    seen meanwhile is the answer."""
+    answer: list[str] = []
+    failure: list[str] = []
+
+    def fetch() -> None:
+        consumer = None
         try:
             consumer = KafkaConsumer(bootstrap_servers=[broker], api_version=_version(config),
                                      request_timeout_ms=int(timeout * 1000),
                                      **security_settings(config, SECURITY))
-            return f"{len(consumer.topics())} topics"
+            answer.append(f"{len(consumer.topics())} topics")
         except KafkaError as exc:
-            raise SinkError(errors.last or str(exc)) from None
+            failure.append(str(exc))
         finally:
             if consumer is not None:
                 consumer.close()
+
+    with ConnectionErrors(_sasl(config)) as errors:
+        thread = threading.Thread(target=fetch, name=f"reach {broker}", daemon=True)
+        thread.start()
+        thread.join(timeout)
+    if answer:
+        return answer[0]
+    raise SinkError(errors.last or (failure[0] if failure else
+                                    f"no answer within {timeout:g}s"))
 
 
 def _sasl(config: KafkaConfig) -> bool:
@@ -219,7 +238,12 @@ class KafkaPythonSink(Sink):
             futures[-1].add_callback(lambda _: self.health.available())
             futures[-1].add_both(lambda _: wake())
             sent.delivery = FutureDelivery(futures, sent.skipped)
-        if sent.unavailable:
+        if sent.unavailable and self.health.up:
+            # No metadata for this topic while Kafka is up: the topic may be the problem.
+            sent.refused = self.explain_topic(topic, None)
+        if sent.refused:
+            sent.unavailable = None
+        elif sent.unavailable:
             self.health.unavailable("metadata")
         return sent
 
@@ -238,9 +262,39 @@ class KafkaPythonSink(Sink):
                 sent.count += 1
         except KafkaTimeoutError as exc:
             sent.unavailable = f"Kafka unavailable: {exc}"
+        except TopicAuthorizationFailedError:
+            sent.refused = NOT_AUTHORIZED
         except KafkaError as exc:
             raise SinkError(f"topic={topic}: send failed: {exc}") from None
         return futures
+
+    def is_topic_error(self, error: BaseException) -> bool:
+        return isinstance(error, TOPIC_ERRORS)
+
+    def explain_topic(self, topic: str, error: BaseException | None) -> str | None:
+        if isinstance(error, TopicAuthorizationFailedError):
+            return NOT_AUTHORIZED
+        config = self.config
+        admin = None
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=list(config.bootstrap_servers),
+                                     api_version=_version(config),
+                                     request_timeout_ms=int(EXPLAIN_TIMEOUT * 1000),
+                                     bootstrap_timeout_ms=int(EXPLAIN_TIMEOUT * 1000),
+                                     **security_settings(config, SECURITY))
+            answer = admin.create_topics([topic], validate_only=True, raise_errors=False)
+        except KafkaError:
+            return None
+        finally:
+            if admin is not None:
+                admin.close()
+        [result] = answer["topics"]
+        code = result["error_code"]
+        if code == 0:
+            return NOT_CREATED
+        if code == TopicAlreadyExistsError.errno:
+            return None
+        return result["error_message"] or for_code(code).__name__
 
     def recover(self, generation: int) -> None:
         """A record the broker refused as too large leaves an idempotent kafka-python
@@ -290,3 +344,7 @@ class KafkaPythonSink(Sink):
                 producer.close(timeout=timeout)
             except KafkaError as exc:
                 log.warning("closing the Kafka producer: %s", exc)
+
+
+def open_sink(config: KafkaConfig, host: bytes, on_error: OnError) -> Sink:
+    return KafkaPythonSink(config, host, on_error)

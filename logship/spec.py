@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from logship.errors import SpecError
 from logship.globs import compile_glob, glob_root, is_glob, may_overlap
-from logship.logs import shown
+from logship.logs import did_you_mean, shown
 
 READ_FROM = ("end", "beginning")
 FORMATS = ("raw", "json")
@@ -172,7 +172,8 @@ def _check_object(value: Any, known: set[str], where: str, not_an_object: str) -
         raise ValueError(f"{not_an_object} {_js(value)}")
     unknown = sorted(set(value) - known)
     if unknown:
-        raise ValueError(f"{where}unknown field '{shown(unknown[0])}'")
+        raise ValueError(f"{where}unknown field '{shown(unknown[0])}'"
+                         f"{did_you_mean(str(unknown[0]), known)}")
 
 
 def _options(entry: dict) -> Options:

@@ -21,9 +21,10 @@ from typing import Any, Callable, Hashable, Iterable
 from logship import __version__
 from logship.config import StatusConfig
 from logship.errors import EtcdUnavailable, LogshipError
-from logship.etcd_source import ETCD_ERRORS, EtcdSession, EtcdSource, describe
+from logship.etcd_source import (ETCD_ERRORS, EtcdSession, EtcdSource, describe,
+                                  reconnect_backoff)
 from logship.spec import Target
-from logship.supervisor import Backoff, ChildState, Service
+from logship.supervisor import ChildState, Service
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,11 @@ def _file(child: ChildState[Target], owners: list[str]) -> dict[str, Any]:
     if target.glob is not None:
         entry["glob"] = target.glob
     if child.service is None:
-        entry |= {"state": "error", "offset": 0, "size": 0, "lag_bytes": 0, "lines_sent": 0}
+        entry |= {"state": "error", "offset": 0, "size": 0, "lag_bytes": 0, "records_sent": 0}
     else:
         progress = child.service.progress()
         entry |= {"state": progress.state, "offset": progress.offset, "size": progress.size,
-                  "lag_bytes": progress.lag_bytes, "lines_sent": progress.lines_sent}
+                  "lag_bytes": progress.lag_bytes, "records_sent": progress.records_sent}
     entry["last_error"] = child.last_error
     return entry
 
@@ -98,7 +99,14 @@ def lag_by_topic(workers: list[ChildState[Target]]) -> dict[str, int]:
 class StatusWriter(Service):
     """Writes the document when it changed (at most every `interval`), and at least
     once per ttl; keeps the lease alive every `interval`. The document is rebuilt only
-    when `fingerprint` (cheap) changed or is None."""
+    when `fingerprint` (cheap) changed or is None.
+
+    The key belongs to the lease that created it: a write succeeds only while the key is
+    absent or still as this writer left it. A second live agent with the same name is
+    told so once and publishes nothing, so it never overwrites the first one's document,
+    nor deletes it when its own lease goes; it takes the key over once the first one has
+    gone. A document left by this host's previous process (kill -9: its lease has not
+    expired yet) is taken over at once."""
 
     def __init__(self, source: EtcdSource, key: str, config: StatusConfig,
                  build: Callable[[], Document],
@@ -110,10 +118,11 @@ class StatusWriter(Service):
         self._build = build
         self._fingerprint = fingerprint
         self._failing = False
+        self._mod_revision = 0          # of our last write; 0: the key is not ours
+        self._held_by: tuple[Any, Any] | None = None
 
     def serve(self) -> None:
-        self.retry(self._publish, (LogshipError, *ETCD_ERRORS), self._failed,
-                   Backoff(base=0.5, cap=30.0, stable_after=30.0))
+        self.retry(self._publish, (LogshipError, *ETCD_ERRORS), self._failed, reconnect_backoff())
 
     def _failed(self, exc: BaseException, delay: float) -> None:
         """Said once per outage: shipping does not depend on it."""
@@ -146,14 +155,73 @@ class StatusWriter(Service):
                 or fingerprint != seen else written
             if doc is not written and _changed(written, doc) or due:
                 doc["updated"] = rfc3339(time.time())
-                session.put(self.key, json.dumps(doc).encode(), lease)
-                if written is None:
-                    log.info("status %s written%s", self.key, " again" if self._failing else "")
-                    self._failing = False
-                written, written_at = doc, now
+                if self._claim(session, doc, lease):
+                    if written is None:
+                        log.info("status %s written%s", self.key,
+                                 " again" if self._failing else "")
+                        self._failing = False
+                    written, written_at = doc, now
             seen = fingerprint
             session.refresh(lease)
             self.stopping.wait(self._config.interval)
+
+    def _claim(self, session: EtcdSession, doc: Document, lease: Any) -> bool:
+        """Write the document unless another live agent holds the key."""
+        value = json.dumps(doc).encode()
+        for _ in range(2):
+            claim = session.put_if_unmoved(self.key, value, lease, self._mod_revision)
+            if claim.written:
+                self._mod_revision = claim.mod_revision
+                self._say_held(None)
+                return True
+            other = _parse(claim.value)
+            if claim.value is not None and claim.lease != lease.id \
+                    and not _ours_to_take(other, doc):
+                self._mod_revision = 0
+                self._say_held(other)
+                return False
+            self._mod_revision = claim.mod_revision     # absent, ours, or a dead process's
+        return False
+
+    def _say_held(self, other: Document | None) -> None:
+        """Once when another agent is found holding the key, once when it let go."""
+        holder = None if other is None else (other.get("host"), other.get("pid"))
+        if holder == self._held_by:
+            return
+        if holder is not None:
+            log.error("status %s: another live agent has the same agent.name (host %s, pid "
+                      "%s, started %s); this agent ships as configured but publishes no "
+                      "status until that one stops: give each agent an agent.name of its "
+                      "own", self.key, holder[0], holder[1], other.get("started"))
+        elif self._held_by is not None:
+            log.info("status %s: the other agent of this name has gone; status written",
+                     self.key)
+        self._held_by = holder
+
+
+def _parse(value: bytes | None) -> Document:
+    try:
+        doc = json.loads(value) if value is not None else {}
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _ours_to_take(other: Document, ours: Document) -> bool:
+    """A document of this host's agent that is this process (on a lease of a session
+    before an etcd outage) or has died (kill -9, before its lease expired)."""
+    pid = other.get("pid")
+    if other.get("host") != ours["host"] or not isinstance(pid, int):
+        return False
+    if pid == ours["pid"]:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _changed(before: Document | None, after: Document) -> bool:

@@ -16,10 +16,11 @@ import time
 from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import Callable
 
 from logship.checkpoint import CheckpointStore, FileCheckpoint
 from logship.config import FilesConfig
-from logship.errors import SinkError
+from logship.errors import SinkError, TopicRefused
 from logship.fswatch import MISSING, DirWatcher, Subscription
 from logship.logs import plural
 from logship.metrics import Metrics
@@ -67,14 +68,16 @@ class Progress:
     offset: int         # acknowledged, in the file now under the path
     size: int
     lag_bytes: int      # not yet acknowledged, rotated files included
-    lines_sent: int     # since this worker started
+    records_sent: int   # acknowledged since this worker started
 
 
 class Worker(Service):
     def __init__(self, target: Target, files: FilesConfig, allowed_paths: tuple[str, ...],
-                 sink: Sink, store: CheckpointStore, watcher: DirWatcher, metrics: Metrics) -> None:
+                 sink: Sink, store: CheckpointStore, watcher: DirWatcher, metrics: Metrics,
+                 keys: Callable[[Target], list[str]]) -> None:
         super().__init__(name=f"worker:{target.topic}:{target.path}")
         self.target = target
+        self._keys = keys
         self._files = files
         self._settings = TailSettings(files.read_chunk_bytes, files.max_line_bytes,
                                       files.close_rotated_after, files.close_removed_timeout,
@@ -93,9 +96,9 @@ class Worker(Service):
         self._pending_lines = 0
         self._pending_bytes = 0
         self._tailer: Tailer | None = None
-        self.lines_sent = 0
+        self.records_sent = 0
         self._read_lines = metrics.lines_read.labels(target.topic)
-        self._sent = metrics.lines_sent.labels(target.topic)
+        self._sent = metrics.records_sent.labels(target.topic)
         self._sent_bytes = metrics.bytes_sent.labels(target.topic)
         self._errors = metrics.send_errors.labels(target.topic)
         self._too_large = metrics.lines_skipped.labels(target.topic, "too_large")
@@ -161,10 +164,10 @@ class Worker(Service):
                 self._wait(self._idle_wait(tailer, subscription))
 
     def activity(self) -> tuple[int, bool]:
-        """Lines sent and whether a file is open: when neither moved in any worker, the
+        """Records sent and whether a file is open: when neither moved in any worker, the
         status has not changed either (cheaper than progress(), for the status writer)."""
         tailer = self._tailer
-        return self.lines_sent, tailer is not None and tailer.current is not None
+        return self.records_sent, tailer is not None and tailer.current is not None
 
     def holds_files(self) -> bool:
         """Whether a file is still open or lines are in flight: a glob match that went
@@ -178,18 +181,18 @@ class Worker(Service):
         lock or a wait on this worker's thread."""
         tailer = self._tailer
         if tailer is None:
-            return Progress("waiting", 0, 0, 0, self.lines_sent)
+            return Progress("waiting", 0, 0, 0, self.records_sent)
         behind = sum(f.offset - f.acked_offset for f in list(tailer.rotated))
         current = tailer.current
         if current is None:
-            return Progress("waiting", 0, 0, behind, self.lines_sent)
+            return Progress("waiting", 0, 0, behind, self.records_sent)
         acked, size = current.acked_offset, current.offset
         with suppress(OSError):
             st = os.stat(self.target.path)
             if (st.st_dev, st.st_ino) == current.identity:
                 size = st.st_size
         state = "shipping" if self._sink.health.up else "held"
-        return Progress(state, acked, size, behind + max(0, size - acked), self.lines_sent)
+        return Progress(state, acked, size, behind + max(0, size - acked), self.records_sent)
 
     def _read(self, tailer: Tailer) -> bool:
         """Queue the next chunk; False when there was nothing to read."""
@@ -202,6 +205,7 @@ class Worker(Service):
             log.warning("%s: %s longer than files.max_line_bytes truncated", self.target,
                         plural(chunk.truncated, "line", "lines"))
         if chunk.lines:
+            self._read_lines.inc(len(chunk.lines))
             if self._processor is not None:
                 self._count(self._processor.process(chunk, time.monotonic()))
             self._enqueue(chunk)
@@ -274,6 +278,8 @@ class Worker(Service):
         stop = min(start + SEND_BATCH, len(chunk.lines))
         sent = self._sink.send(self.target.topic, self._envelope, chunk.lines[start:stop],
                                chunk.offsets[start:stop], self._wake.set)
+        if sent.refused:
+            raise self._refused(sent.refused)
         stop = start + sent.count
         end_offset = chunk.offsets[stop] if stop < len(chunk.lines) else chunk.end_offset
         self._queued_at = stop
@@ -287,7 +293,6 @@ class Worker(Service):
     def _track(self, batch: InFlight) -> None:
         sent = batch.sent
         nbytes = batch.nbytes
-        self._read_lines.inc(len(batch.lines))
         if sent.skipped:
             self._too_large.inc(len(sent.skipped))
             log.error("%s: %s larger than kafka.max_request_size skipped", self.target,
@@ -330,6 +335,9 @@ class Worker(Service):
     def _account(self, batch: InFlight) -> None:
         failures = batch.sent.delivery.failures() if batch.sent.delivery else []
         other = [error for _, error in failures if not self._sink.is_too_large(error)]
+        if other and self._sink.is_topic_error(other[0]):
+            raise self._refused(self._sink.explain_topic(self.target.topic, other[0])
+                                or str(other[0]))
         if other:
             self._errors.inc(len(failures))
             lines = plural(len(failures), "line", "lines")
@@ -341,7 +349,15 @@ class Worker(Service):
             delivered += self._resend_refused(batch, [index for index, _ in failures])
         self._sent.inc(delivered)
         self._sent_bytes.inc(batch.nbytes)
-        self.lines_sent += delivered
+        self.records_sent += delivered
+
+    def _refused(self, reason: str) -> TopicRefused:
+        """Only this entry is held: its supervisor restarts it from the last acknowledged
+        offset with a growing backoff, so a fix on the broker's side is picked up."""
+        keys = ",".join(self._keys(self.target)) or "none"
+        brokers = ",".join(self._sink.config.bootstrap_servers)
+        return TopicRefused(f"key={keys}: Kafka ({brokers}) refuses topic {self.target.topic}: "
+                            f"{reason}; this entry's lines are held, the others ship")
 
     def _resend_refused(self, batch: InFlight, indices: list[int]) -> int:
         """The broker refused records as too large. A client may fail the records

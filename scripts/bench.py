@@ -204,7 +204,7 @@ def ship_with_logship(etcd: Etcd, kafka: Kafka, workdir: Path, entries: list[dic
     cpu, started = cpu_seconds(agent.proc.pid), time.perf_counter()
     etcd.put(key, entries)
     try:
-        wait_until(lambda: agent.metric("logship_lines_sent_total", topic=topic) >= lines, 600,
+        wait_until(lambda: agent.metric("logship_records_sent_total", topic=topic) >= lines, 600,
                    "logship to ship every line", step=0.1)
     except AssertionError:
         print(agent.log()[-3000:], file=sys.stderr)

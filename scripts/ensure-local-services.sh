@@ -3,7 +3,8 @@
 # this machine and does not answer. Remote endpoints are left alone.
 #   scripts/ensure-local-services.sh CONFIG LOCAL_DIR
 set -euo pipefail
-config=${1:?config.yaml}; local_dir=${2:?data dir}
+[ $# -eq 2 ] || { echo "usage: $0 CONFIG LOCAL_DIR" >&2; exit 2; }
+config=$1 local_dir=$2
 here=$(cd "$(dirname "$0")" && pwd)
 py="$here/../.venv/bin/python"
 
@@ -14,12 +15,14 @@ first_endpoint() {  # section field -> host:port of the first entry
 answers() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 is_local() { [[ "$1" == 127.* || "$1" == localhost ]]; }
 
+started=0
 ensure() {  # name endpoint script
   local host=${2%:*} port=${2##*:}
   if answers "$host" "$port"; then
     echo "$1 answers on $2"
   elif is_local "$host"; then
     "$here/$3" start "$port" "$local_dir/$1"
+    started=1
   else
     echo "$1 at $2 does not answer; the agent will keep retrying" >&2
   fi
@@ -27,3 +30,6 @@ ensure() {  # name endpoint script
 
 ensure etcd "$(first_endpoint etcd endpoints)" local-etcd.sh
 ensure kafka "$(first_endpoint kafka bootstrap_servers)" local-kafka.sh
+if [ "$started" = 1 ]; then
+  echo "Ctrl-C stops the agent only; 'make stop-local' stops the local services it started"
+fi

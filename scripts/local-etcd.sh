@@ -9,11 +9,12 @@
 # Optional, for the security tests: ETCD_CERT and ETCD_KEY serve clients over TLS
 # (https); ETCD_CLIENT_CA also requires a client certificate signed by that CA.
 set -euo pipefail
-cmd=${1:?run|start|stop}; port=${2:?port}; dir=${3:?data dir}
+. "$(dirname "$0")/service-lib.sh"
+service_args "$@"
+cmd=$1 port=$2 dir=$3
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 NAME=etcd WAIT_SECONDS=15
-. "$(dirname "$0")/service-lib.sh"
 
 case "$cmd" in
   run)
@@ -33,5 +34,5 @@ case "$cmd" in
     ;;
   start) service_start ;;
   stop) service_stop ;;
-  *) echo "usage: $0 run|start|stop PORT DATA_DIR" >&2; exit 2 ;;
+  *) usage ;;
 esac

@@ -12,13 +12,14 @@
 # credentials, separated by spaces, created when the storage is formatted
 # ('SCRAM-SHA-512=[name=u,password=p] SCRAM-SHA-512=[name=v,password=q]').
 set -euo pipefail
-cmd=${1:?run|start|stop}; port=${2:?port}; dir=${3:?data dir}
+. "$(dirname "$0")/service-lib.sh"
+service_args "$@"
+cmd=$1 port=$2 dir=$3
 root=$(cd "$(dirname "$0")/.." && pwd)
 libs="$root/.cache/kafka-libs"
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 NAME=kafka WAIT_SECONDS=60
-. "$(dirname "$0")/service-lib.sh"
 
 write_config() {
   cat > "$dir/server.properties" <<PROPS
@@ -74,5 +75,5 @@ case "$cmd" in
     ;;
   start) service_start ;;
   stop) service_stop ;;
-  *) echo "usage: $0 run|start|stop PORT DATA_DIR" >&2; exit 2 ;;
+  *) usage ;;
 esac

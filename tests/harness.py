@@ -80,6 +80,16 @@ def logship(*args: str, stdin: bytes | None = None, **kwargs) -> subprocess.Comp
                           capture_output=True, timeout=120, **kwargs)
 
 
+def without_module(directory: Path, module: str) -> dict[str, str]:
+    """An environment in which `module` cannot be imported, as on a host where it was
+    never installed: a package of that name that raises what a missing one raises."""
+    package = directory / module
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text(
+        f"raise ModuleNotFoundError({f'No module named {module!r}'!r}, name={module!r})\n")
+    return {**os.environ, "PYTHONPATH": str(directory)}
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -254,6 +264,13 @@ class Kafka(Service):
         finally:
             admin.close()
 
+    def delete_topic(self, name: str) -> None:
+        admin = KafkaAdminClient(bootstrap_servers=self.address, api_version=(2, 8))
+        try:
+            admin.delete_topics([name])
+        finally:
+            admin.close()
+
 
 @dataclass
 class Certificates:
@@ -405,6 +422,7 @@ class Agent:
         self.config_path = workdir / "config.yaml"
         self.log_path = workdir / "agent.log"
         self.proc: subprocess.Popen | None = None
+        self.env: dict[str, str] | None = None        # None: this process's environment
         endpoints = etcd_service if isinstance(etcd_service, list) else [etcd_service.endpoint]
         servers = kafka_service if isinstance(kafka_service, str) else kafka_service.address
         self.config = {
@@ -428,7 +446,7 @@ class Agent:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "logship", "run", "--config",
                                       str(self.config_path)], stdout=log, stderr=log,
-                                     cwd=self.workdir)
+                                     cwd=self.workdir, env=self.env)
         return self
 
     def log(self) -> str:

@@ -7,7 +7,7 @@ import yaml
 
 from logship.config import DEFAULT_ALLOWED_PATHS, load_config, parse_config
 from logship.errors import ConfigError
-from logship.sink import check_settings
+from logship.clients import check_settings
 from logship.spec import Target
 
 BASE = {"etcd": {"endpoints": ["127.0.0.1:2379"], "keys": ["k"]},
@@ -58,6 +58,15 @@ def test_unknown_settings_warn_or_fail(tmp_path):
     assert config.logs == (Target("/var/log/x", "x"),)
     with pytest.raises(ConfigError, match="etcd.colour: unknown setting"):
         load_config(path, strict=True)
+
+
+def test_a_misspelt_setting_is_told_what_was_meant(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("etcd: {endpoints: ['a:1'], keys: [k], timout: 2}\n"
+                    "kafka: {bootstrap_servers: ['b:2']}\nallowed_path: ['/srv/**']\n")
+    assert load_config(path).warnings == (
+        "allowed_path: unknown setting; did you mean allowed_paths?",
+        "etcd.timout: unknown setting; did you mean etcd.timeout?")
 
 
 def test_unreadable_and_empty_files(tmp_path):

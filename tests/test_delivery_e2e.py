@@ -183,8 +183,11 @@ def test_etcd_outage_workers_keep_shipping_and_later_changes_apply(
         with open(first, "ab") as f:
             f.write(numbered(10, 10))
         topic_reader.wait_for(has_all(20), 60, "lines during the outage")
+        # Reconnects back off to a cap of 5 s (twice at the cap: the delay no longer grows).
+        agent.wait_log(f"key={key} etcd: .*retrying in 5.0s", count=2, timeout=60)
         etcd.start()
-        agent.wait_log(f"key={key} watching on {etcd.address}", count=2, timeout=60)
+        # At most one capped wait, and etcd's first refusals just after its start.
+        agent.wait_log(f"key={key} watching on {etcd.address}", count=2, timeout=20)
         status_key = f"/logship/agents/{socket.gethostname()}"
         wait_until(lambda: etcd.get(status_key), 60, "the status after the outage")
         etcd.put(key, [entry(first, topic), entry(second, topic)])

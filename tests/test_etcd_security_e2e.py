@@ -62,7 +62,7 @@ def ship_one_file(etcd: SecureEtcd, agent_etcd: dict, kafka, make_agent, reader,
         """The first document may be written before the worker started: no files yet."""
         status = logship("status", "--json", "--config", agent.config_path, name)
         files = json.loads(status.stdout)[0]["files"] if status.returncode == 0 else []
-        return files and files[0]["lines_sent"]
+        return files and files[0]["records_sent"]
     wait_until(shown, 15, "the agent's status through `logship status`")
     assert ETCD_PASSWORD not in agent.scrape("/api/status")
     return agent

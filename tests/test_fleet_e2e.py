@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 
 import pytest
 
@@ -57,7 +58,7 @@ def test_two_agents_read_their_own_keys_and_show_in_status(etcd, kafka, reader, 
         records = reader(topic).wait_count(2)
         assert sorted(r.value for r in records) == [b"from web-a", b"from web-b"]
         for name, agent in agents.items():
-            wait_until(lambda: first_file(status_of(agents["web-a"], name)).get("lines_sent") == 1,
+            wait_until(lambda: first_file(status_of(agents["web-a"], name)).get("records_sent") == 1,
                        10, f"{name}'s status with its line counted")
             doc = status_of(agent, name)
             assert doc["keys"] == [f"{prefix}hosts/{name}"]
@@ -112,6 +113,15 @@ def test_status_shows_lag_while_kafka_is_down_and_none_after(etcd, own_kafka, re
         own_kafka.stop()
         with log.open("ab") as f:
             f.write(numbered(10, 1000))
+        # The status follows /metrics within one status.interval (0.5 s here; the deadlines
+        # allow for `logship status` itself), long before Kafka counts as down (10 s).
+        wait_until(lambda: agent.metric("logship_lag_bytes", topic=topic) > 0, 10,
+                   "the lag in /metrics")
+        wait_until(lambda: first_file(status_of(agent, "web-d")).get("lag_bytes"), 5,
+                   "the same lag in the status document")
+        wait_until(lambda: agent.metric("logship_kafka_up") == 0, 60, "Kafka down in /metrics")
+        wait_until(lambda: (status_of(agent, "web-d") or {}).get("kafka") == "unavailable", 5,
+                   "Kafka down in the status document")
 
         def held():
             doc = status_of(agent, "web-d")
@@ -134,6 +144,32 @@ def test_status_shows_lag_while_kafka_is_down_and_none_after(etcd, own_kafka, re
     finally:
         if agent.proc is not None:
             agent.kill()
+
+
+def test_a_second_agent_of_the_same_name_is_told_and_leaves_the_first_ones_status(
+        etcd, kafka, prefix, tmp_path):
+    first = fleet_agent(tmp_path / "first", etcd, kafka, "web-f", prefix)
+    second = fleet_agent(tmp_path / "second", etcd, kafka, "web-f", prefix)
+    try:
+        first.start()
+        wait_until(lambda: (status_of(first, "web-f") or {}).get("pid") == first.proc.pid, 15,
+                   "the first agent's status")
+        second.start()
+        told = (f"status {prefix}agents/web-f: another live agent has the same agent.name "
+                f"\\(host {socket.gethostname()}, pid {first.proc.pid}, started ")
+        second.wait_log(told)
+        assert second.stop() == 0
+        assert status_of(first, "web-f")["pid"] == first.proc.pid, "kept at the second's stop"
+        second.start().wait_log(told, count=2)
+        assert first.stop() == 0
+        second.wait_log(f"status {prefix}agents/web-f: the other agent of this name has gone; "
+                        f"status written")
+        wait_until(lambda: (status_of(second, "web-f") or {}).get("pid") == second.proc.pid, 10,
+                   "the second agent's status")
+    finally:
+        for agent in (first, second):
+            if agent.proc is not None:
+                agent.kill()
 
 
 def test_status_says_when_etcd_cannot_be_reached(kafka, tmp_path):

@@ -18,9 +18,11 @@ from logship.config import load_config
 pytestmark = pytest.mark.e2e
 
 
-def test_the_wheel_carries_the_unit_and_a_sample_config(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path),
-                    str(ROOT)], check=True, capture_output=True, timeout=300)
+def test_the_wheel_carries_the_unit_and_a_sample_config_and_builds_quietly(tmp_path):
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                            str(tmp_path), str(ROOT)], check=True, capture_output=True,
+                           text=True, timeout=300)
+    assert build.stdout + build.stderr == "", "setuptools warnings: package the data properly"
     [wheel] = tmp_path.glob("logship-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "logship/data/logship.service" in names and "logship/data/config.yaml" in names

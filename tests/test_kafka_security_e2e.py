@@ -8,10 +8,11 @@ from __future__ import annotations
 import re
 
 import pytest
+import yaml
 
 from conftest import CLIENTS
-from harness import (SCRAM_NOBODY, SCRAM_PASSWORD, SCRAM_USER, Certificates, SecureKafka,
-                     TopicReader, logship, numbered, numbers)
+from harness import (ETCD_USER, SCRAM_NOBODY, SCRAM_PASSWORD, SCRAM_USER, Certificates,
+                     SecureEtcd, SecureKafka, TopicReader, logship, numbered, numbers)
 
 pytestmark = pytest.mark.e2e
 
@@ -134,3 +135,37 @@ def test_a_security_failure_is_one_clear_line_and_a_fixed_config_ships_everythin
     finally:
         reader.close()
     assert sorted(set(numbers(records))) == list(range(200))
+
+
+BAD_PASSWORD = "not-the-password-0815"
+
+
+@pytest.fixture(scope="module")
+def etcd_with_users(tmp_path_factory, certificates):
+    service = SecureEtcd(tmp_path_factory.mktemp("secure-etcd") / "data", certificates,
+                         client_certificates=False, auth=True)
+    service.start()
+    yield service
+    service.stop()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_check_connect_with_wrong_passwords_ends_and_names_each_refusal(
+        secure_kafka, etcd_with_users, certificates, tmp_path, client):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "etcd": {**etcd_with_users.settings(ETCD_USER), "password": BAD_PASSWORD, "keys": ["k"]},
+        "kafka": {**sasl_ssl_scram(secure_kafka, certificates), "sasl_password": BAD_PASSWORD,
+                  "client": client}}))
+    for _ in range(3):
+        # logship()'s own timeout is the hang detector; the bound is the check's.
+        result = logship("check", "--connect", "--timeout", "3", "--config", config)
+        lines = result.stdout.decode().splitlines()
+        assert result.returncode == 1, lines
+        assert lines[2].startswith(f"etcd 127.0.0.1:{etcd_with_users.port}: FAILED: ")
+        assert "authentication failed" in lines[2], lines[2]
+        assert lines[3].startswith(f"kafka 127.0.0.1:{secure_kafka.sasl_port} ({client}): "
+                                   f"FAILED: "), lines[3]
+        assert re.search("authentication failed|a refused SASL login is the usual cause, check "
+                         "kafka.sasl_username and its password", lines[3], re.I), lines[3]
+        assert BAD_PASSWORD not in result.stdout.decode() + result.stderr.decode()

@@ -4,6 +4,10 @@ traps and the command line, through the real `logship run` and CLI."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -80,17 +84,96 @@ def cli_config(etcd, tmp_path):
     return path
 
 
-def test_put_warns_about_an_unwatched_key_and_delete_removes_a_key(etcd, cli_config, tmp_path):
+def test_put_to_an_unwatched_key_fails_unless_forced_and_delete_removes_a_key(
+        etcd, cli_config, tmp_path):
     value = f'[{{"path": "{tmp_path}/a.log", "topic": "t"}}]'.encode()
     put = logship("put", "--config", str(cli_config), "typo", "-", stdin=value)
-    assert put.returncode == 0
-    assert "key=typo is not in etcd.keys" in put.stderr.decode() and "(watched)" in put.stderr.decode()
-    assert put.stdout.decode() == "key=typo: wrote 1 entry\n"
+    stderr = put.stderr.decode()
+    assert put.returncode == 1 and put.stdout == b""
+    assert "key=typo is not in etcd.keys" in stderr and "(watched)" in stderr
+    assert "nothing written (--force writes it anyway)" in stderr
+    assert logship("get", "--config", str(cli_config), "typo").returncode == 1, "not written"
+    forced = logship("put", "--config", str(cli_config), "--force", "typo", "-", stdin=value)
+    assert forced.returncode == 0 and "key=typo is not in etcd.keys" in forced.stderr.decode()
+    assert forced.stdout.decode() == "key=typo: wrote 1 entry\n"
     deleted = logship("delete", "--config", str(cli_config), "typo")
     assert deleted.returncode == 0 and deleted.stdout.decode() == "key=typo: deleted\n"
     assert logship("get", "--config", str(cli_config), "typo").returncode == 1
     again = logship("delete", "--config", str(cli_config), "typo")
     assert again.returncode == 1 and "key=typo: not found" in again.stderr.decode()
+
+
+def into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess:
+    """A command whose reader has gone, as in `logship status | head -0`."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, "-m", "logship", *args], stdout=write,
+                              stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write)
+
+
+def test_commands_end_quietly_when_their_reader_goes_away(etcd, cli_config, tmp_path):
+    value = json.dumps([{"path": f"{tmp_path}/a.log", "topic": "t"}]).encode()
+    assert logship("put", "--config", cli_config, "watched", "-", stdin=value).returncode == 0
+    for args in (["status", "--config", str(cli_config)], ["get", "--config", str(cli_config),
+                 "watched"], ["check", "--config", str(cli_config)]):
+        result = into_a_closed_pipe(*args)
+        assert (result.returncode, result.stderr.decode()) == (141, ""), args
+    assert into_a_closed_pipe("--help").stderr == b""
+
+
+def test_check_judges_state_dir_without_creating_anything(etcd, kafka, tmp_path):
+    path = tmp_path / "config.yaml"
+    config = {"etcd": {"endpoints": [etcd.address], "keys": ["k"]},
+              "kafka": {"bootstrap_servers": [kafka.address]},
+              "state_dir": str(tmp_path / "var/lib/logship")}
+    path.write_text(yaml.safe_dump(config))
+    result = logship("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"], "nothing left behind"
+    (tmp_path / "a-file").write_text("")
+    path.write_text(yaml.safe_dump({**config, "state_dir": str(tmp_path / "a-file/state")}))
+    refused = logship("check", "--config", str(path))
+    assert (refused.returncode, refused.stderr.decode()) == (1, (
+        f"logship: error: state_dir {tmp_path}/a-file/state: cannot be created or used: "
+        f"Not a directory\n"))
+
+
+@pytest.fixture
+def silent_server():
+    """Accepts TCP connections (the kernel does, from its backlog) and never answers."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        yield server.getsockname()[1]
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
+def test_check_connect_ends_within_its_bound_when_servers_never_answer(silent_server, kafka,
+                                                                       tmp_path, client):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "etcd": {"endpoints": [f"127.0.0.1:{silent_server}"], "keys": ["k"]},
+        "kafka": {"bootstrap_servers": [f"127.0.0.1:{silent_server}", kafka.address],
+                  "client": client}}))
+    for _ in range(3):
+        # The subprocess' own timeout is the hang detector; the bound is the check's.
+        result = logship("check", "--connect", "--timeout", "2", "--config", str(path))
+        lines = result.stdout.decode().splitlines()
+        assert result.returncode == 1, lines
+        assert lines[1] == "reaching 3 endpoints at once, each within 2s (3s in all)"
+        assert lines[2].startswith(f"etcd 127.0.0.1:{silent_server}: FAILED: ")
+        assert lines[3].startswith(f"kafka 127.0.0.1:{silent_server} ({client}): FAILED: ")
+        assert lines[4].startswith(f"kafka {kafka.address} ({client}): ok")
+        assert result.stderr.decode().endswith("logship: error: not every endpoint answered\n")
+
+
+def test_check_connect_refuses_a_timeout_that_is_not_positive(tmp_path):
+    result = logship("check", "--connect", "--timeout", "0", "--config", str(tmp_path / "c"))
+    assert result.returncode == 2
+    assert "--timeout: must be a number of seconds above 0, got '0'" in result.stderr.decode()
 
 
 def test_put_checks_a_glob_entry_and_names_what_is_wrong(etcd, cli_config, tmp_path):
@@ -129,8 +212,9 @@ def test_check_connect_reaches_every_endpoint_and_says_which_failed(etcd, kafka,
     good = logship("check", "--connect", "--config", str(path))
     assert good.returncode == 0, good.stderr
     lines = good.stdout.decode().splitlines()
-    assert lines[1].startswith(f"etcd {etcd.address}: ok, etcd 3.")
-    assert lines[2].startswith(f"kafka {kafka.address} ({client}): ok, ")
+    assert lines[1] == "reaching 2 endpoints at once, each within 5s (6s in all)"
+    assert lines[2].startswith(f"etcd {etcd.address}: ok, etcd 3.")
+    assert lines[3].startswith(f"kafka {kafka.address} ({client}): ok, ")
     config["etcd"]["endpoints"].append("127.0.0.1:1")
     config["kafka"]["bootstrap_servers"].append("127.0.0.1:2")
     path.write_text(yaml.safe_dump(config))

@@ -158,7 +158,7 @@ def test_static_entries_metrics_and_healthz(etcd, kafka, make_agent, reader, key
     log.write_bytes(b"s1\ns2\n")
     agent.start()
     reader(topic).wait_count(2)
-    wait_until(lambda: f'logship_lines_sent_total{{topic="{topic}"}} 2.0' in agent.scrape(), 10,
+    wait_until(lambda: f'logship_records_sent_total{{topic="{topic}"}} 2.0' in agent.scrape(), 10,
                "the sent counter")
     text = agent.scrape()
     assert f'logship_lines_read_total{{topic="{topic}"}} 2.0' in text

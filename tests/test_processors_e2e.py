@@ -40,6 +40,8 @@ def test_filters_drop_lines_and_still_move_the_offset(etcd, kafka, make_agent, r
     wait_until(lambda: any(c["offset"] == size for c in agent.checkpoints()), 15,
                "the offset past lines that were all filtered out")
     assert agent.metric("logship_lines_skipped_total", topic=topic, reason="filtered") == 4
+    assert agent.metric("logship_lines_read_total", topic=topic) == 6, "lines, not records"
+    assert agent.metric("logship_records_sent_total", topic=topic) == 2
 
 
 def test_json_records_with_fields_and_embedded_json(etcd, kafka, make_agent, reader, key, topic,

@@ -9,7 +9,7 @@ import signal
 import pytest
 import yaml
 
-from harness import unique
+from harness import logship, numbered, unique, without_module
 
 pytestmark = pytest.mark.e2e
 
@@ -37,6 +37,8 @@ def test_keys_added_and_removed_by_edits(etcd, kafka, make_agent, reader, key, t
     config = copy.deepcopy(agent.config)
     config["etcd"]["keys"] = [key, new_key]
     agent.write_config(config)                              # edited in place
+    agent.wait_log(f"key {new_key} added; .* \\(files of added keys start as their values are "
+                   f"read\\)\n")
     agent.wait_log(f"key={new_key} watching")
     agent.wait_log(f"worker started path={second}")
 
@@ -87,10 +89,42 @@ def test_sighup_and_static_entries_are_diffed(etcd, kafka, make_agent, reader, k
     assert sorted(r.value for r in reader(topic).wait_count(2)) == [b"1", b"2"]
 
 
-def test_unknown_setting_warns_in_run(etcd, kafka, make_agent, key, tmp_path):
-    agent = make_agent(etcd, kafka, [key], surprise=1)
-    agent.start().wait_log("config: surprise: unknown setting")
+def test_unknown_setting_warns_in_run_with_what_was_meant(etcd, kafka, make_agent, key,
+                                                          tmp_path):
+    agent = make_agent(etcd, kafka, [key], surprise=1, allowed_path=["/srv/**"])
+    agent.start().wait_log("WARNING logship: config: allowed_path: unknown setting; did you "
+                           "mean allowed_paths\\? \\(.*config.yaml: ignored, so its default applies")
+    agent.wait_log("config: surprise: unknown setting \\(")
     agent.wait_log("agent started")
+
+
+def test_a_client_that_is_not_installed_is_refused_by_check_and_on_reload(
+        etcd, kafka, make_agent, reader, key, topic, tmp_path):
+    env = without_module(tmp_path / "site", "confluent_kafka")
+    log = tmp_path / "app.log"
+    etcd.put(key, [entry(log, topic)])
+    agent = make_agent(etcd, kafka, [key])
+    agent.env = env
+    agent.start().wait_log(f"worker started path={log}")
+    log.write_bytes(numbered(0, 1))
+    topic_reader = reader(topic)
+    topic_reader.wait_count(1)
+    config = copy.deepcopy(agent.config)
+    config["kafka"]["client"] = "confluent-kafka"
+    agent.write_config(config)
+    missing = ("kafka.client: confluent-kafka is not installed in this Python environment; "
+               "install it with `.* -m pip install confluent-kafka`, or set kafka.client: "
+               "kafka-python")
+    agent.wait_log(f"config reload refused, keeping the running config: .*{missing}")
+    with log.open("ab") as f:
+        f.write(numbered(1, 1))
+    topic_reader.wait_count(2)
+    assert "Traceback" not in agent.log() and agent.proc.poll() is None
+    for command in ("check", "run"):
+        result = logship(command, "--config", agent.config_path, env=env)
+        stderr = result.stderr.decode()
+        assert result.returncode == 1 and "Traceback" not in stderr, stderr
+        assert len(stderr.splitlines()) == 1 and "-m pip install confluent-kafka`" in stderr
 
 
 def test_changed_kafka_and_etcd_settings_rebuild_the_clients(
@@ -133,5 +167,5 @@ def test_a_misspelt_setting_refuses_the_reload_and_a_good_one_says_what_changed(
     del config["files"]["poll_intervall"]
     config["logs"] = [entry(static, topic)]
     agent.write_config(config)
-    agent.wait_log(r"config reloaded from .*: changed logs; workers: 1 started, 0 stopped")
+    agent.wait_log(r"config reloaded from .*: changed logs; workers: 1 started, 0 stopped\n")
     agent.wait_log(f"worker started path={static}")

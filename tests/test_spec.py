@@ -39,6 +39,9 @@ def test_whole_value_refused(raw, message):
     ('{"path": "/var/log/a", "topic": ".."}', "topic: not a valid Kafka topic name"),
     ('{"path": "/var/log/a", "topic": "t", "read_from": "middle"}', "read_from: must be"),
     ('{"path": "/var/log/a", "topic": "t", "extra": 1}', "unknown field 'extra'"),
+    ('{"path": "/var/log/a", "topc": "t"}', "unknown field 'topc'; did you mean topic?"),
+    ('{"path": "/var/log/a", "topic": "t", "multiline": {"patern": "x"}}',
+     "multiline: unknown field 'patern'; did you mean pattern?"),
     ('{"path": "/etc/passwd", "topic": "t"}', "outside allowed_paths"),
     ('{"path": "/var/log/../../etc/passwd", "topic": "t"}', "outside allowed_paths"),
 ])
