@@ -66,7 +66,9 @@ class Metrics:
         self.config_reloads = Counter("logship_config_reloads", "Config reloads by result.",
                                       ["result"], registry=r)
         self.in_flight_bytes = Gauge("logship_in_flight_bytes",
-                                     "Line bytes sent and not yet acknowledged.", registry=r)
+                                     "Memory of the lines read and not yet acknowledged "
+                                     "(values and a per-record estimate), against "
+                                     "kafka.buffer_bytes.", registry=r)
         self.kafka_up = Gauge("logship_kafka_up",
                               "1 while Kafka takes and acknowledges lines, 0 during an outage.",
                               registry=r)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from logship.netprobe import TlsFiles, endpoint_failure
+from logship.supervisor import Service
 
 if TYPE_CHECKING:
     from logship.config import KafkaConfig
@@ -63,6 +65,71 @@ class Sent:
     @property
     def handed_over(self) -> int:
         return self.count - len(self.skipped)
+
+
+@dataclass(eq=False)
+class Job:
+    """A batch a worker hands to the publishing thread, and what became of it."""
+
+    topic: str
+    envelope: Envelope
+    lines: Sequence[bytes]
+    offsets: Sequence[int]
+    wake: Wake
+    sent: Sent | None = None
+    error: BaseException | None = None
+    handed: threading.Event = field(default_factory=threading.Event)
+
+
+CLOSING = "the Kafka producer is being replaced or closed"
+
+
+class Publisher(Service):
+    """The one thread that hands records to the client. Workers (a thread per file) only
+    queue their batches: a hundred threads calling the client at once contend for its
+    locks and the GIL (kafka-python's per-partition locks took three quarters of a busy
+    agent's time), while one thread runs the client's per-record loop uncontended, the
+    same for one busy file or a hundred. Batches are handed over in the order queued, so
+    each file's lines keep their order. A batch whose handing fails is its worker's
+    failure, never this thread's."""
+
+    def __init__(self, produce: Callable[[Job], Sent]) -> None:
+        super().__init__(name="kafka-publisher")
+        self._produce = produce
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def hand_over(self, job: Job) -> Sent:
+        """On a worker's thread: returns once the batch was handed to the client."""
+        with self._lock:
+            if self._closed:
+                return Sent(0, unavailable=CLOSING)
+            self._jobs.put(job)
+        job.handed.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.sent is not None
+        return job.sent
+
+    def stop(self) -> None:
+        super().stop()
+        self._jobs.put(None)
+
+    def serve(self) -> None:
+        for job in iter(self._jobs.get, None):
+            try:
+                job.sent = self._produce(job)
+            except BaseException as exc:        # re-raised on the worker's thread
+                job.error = exc
+            job.handed.set()
+        with self._lock:
+            self._closed = True
+        while not self._jobs.empty():
+            job = self._jobs.get()
+            if job is not None:
+                job.sent = Sent(0, unavailable=CLOSING)
+                job.handed.set()
 
 
 @dataclass
@@ -175,7 +242,13 @@ class KafkaHealth:
 
 
 class Sink(ABC):
-    """One shared producer for the whole agent."""
+    """One shared producer for the whole agent, called by one publishing thread."""
+
+    record_cost = 400
+    """Bytes of memory a record costs beside its value, from its read to its
+    acknowledgement: its Python objects and the client's queued copy with key and
+    headers (measured with 100 busy files). Counted against kafka.buffer_bytes and
+    files.max_in_flight_bytes, so that many busy files of short lines stay within them."""
 
     def __init__(self, config: KafkaConfig, host: bytes, on_error: OnError) -> None:
         self.config = config
@@ -184,6 +257,18 @@ class Sink(ABC):
             if config.security_protocol in ("SSL", "SASL_SSL") else None
         self.health = KafkaHealth(config.bootstrap_servers, tls, on_error)
         self.host = host
+        self._publisher = Publisher(self._produce_job)
+
+    def _start_publisher(self) -> None:
+        """By the client's constructor, once its producer exists."""
+        self._publisher.start()
+
+    def _stop_publisher(self, timeout: float) -> None:
+        """First in close(): batches still queued come back unhanded, to be sent again."""
+        self._publisher.stop()
+        self._publisher.join(timeout)
+        if self._publisher.is_alive():
+            log.error("the Kafka publisher thread did not stop within %.0fs; leaving it", timeout)
 
     def envelope(self, target: Target) -> Envelope:
         """The record key and headers of a target's records, made once per worker."""
@@ -194,11 +279,25 @@ class Sink(ABC):
             if options.format == "raw" else ()
         return Envelope(key, (("path", path), ("host", self.host)), tail)
 
-    @abstractmethod
     def send(self, topic: str, envelope: Envelope, lines: Sequence[bytes],
              offsets: Sequence[int], wake: Wake) -> Sent:
-        """Hand lines over in order; `wake` is called (on any thread) when the batch is
-        settled. Stops early when Kafka cannot take records now (`Sent.unavailable`)."""
+        """On a worker's thread: hand lines over in order, through the publisher; `wake`
+        is called (on any thread) when the batch is settled. Stops early when Kafka cannot
+        take records now (`Sent.unavailable`) or refuses the topic (`Sent.refused`)."""
+        early = self.prepare(topic)
+        if early is not None:
+            return early
+        return self._publisher.hand_over(Job(topic, envelope, lines, offsets, wake))
+
+    def prepare(self, topic: str) -> Sent | None:
+        """On the worker's thread, before its batch is queued: anything that may block
+        for one topic (a client waiting for its metadata) is done here, so that the
+        publisher never waits for one topic. A Sent when the batch cannot go."""
+        return None
+
+    @abstractmethod
+    def _produce_job(self, job: Job) -> Sent:
+        """On the publisher's thread: hand the job's lines to the client, in order."""
 
     @abstractmethod
     def is_too_large(self, error: BaseException) -> bool:

@@ -21,7 +21,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from logship.errors import ConfigError, SinkError
-from logship.sink import (EXPLAIN_TIMEOUT, NOT_AUTHORIZED, NOT_CREATED, Envelope, OnError,
+from logship.sink import (EXPLAIN_TIMEOUT, NOT_AUTHORIZED, NOT_CREATED, Envelope, Job, OnError,
                           Resent, Sent, Sink, Wake, line_failures, managed_security,
                           security_settings)
 from logship.supervisor import Service
@@ -189,6 +189,8 @@ class _Poller(Service):
 
 
 class ConfluentSink(Sink):
+    record_cost = 900       # librdkafka's message, with its own copies of key and headers
+
     def __init__(self, config: KafkaConfig, host: bytes, on_error: OnError) -> None:
         super().__init__(config, host, on_error)
         self._lock = threading.Lock()
@@ -197,6 +199,7 @@ class ConfluentSink(Sink):
         self.producer = self._new_producer({"error_cb": self._on_error})
         self._poller = _Poller(self)
         self._poller.start()
+        self._start_publisher()
 
     def _new_producer(self, overrides: dict[str, Any]) -> Producer:
         try:
@@ -240,16 +243,16 @@ class ConfluentSink(Sink):
     def is_too_large(self, error: BaseException) -> bool:
         return _code(error) in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD)
 
-    def send(self, topic: str, envelope: Envelope, lines: Sequence[bytes],
-             offsets: Sequence[int], wake: Wake) -> Sent:
+    def _produce_job(self, job: Job) -> Sent:
         if self._fatal is not None:
             self._replace_fatal_producer()
         sent = Sent(0)
-        batch = BatchDelivery(sent.skipped, wake, self.health.available)
+        batch = BatchDelivery(sent.skipped, job.wake, self.health.available)
         produce = self.producer.produce
+        topic, envelope = job.topic, job.envelope
         key, head, tail = envelope.key, envelope.head, envelope.tail
         try:
-            for line, offset in zip(lines, offsets):
+            for line, offset in zip(job.lines, job.offsets):
                 try:
                     produce(topic, line, key, headers=[*head, ("offset", b"%d" % offset), *tail],
                             on_delivery=batch if key is not None else batch.at(sent.count))
@@ -326,7 +329,9 @@ class ConfluentSink(Sink):
         return reports[0] if reports else KafkaError(KafkaError._TIMED_OUT)
 
     def close(self, timeout: float) -> None:
-        """The poller stops first, so that flush() is then the only caller of poll()."""
+        """The publisher stops first, then the poller, so that flush() is then the only
+        caller of poll()."""
+        self._stop_publisher(timeout)
         self._poller.stop()
         self._poller.join(POLL_TIMEOUT * 2)
         remaining = self.producer.flush(timeout)

@@ -22,8 +22,8 @@ from kafka.partitioner.default import DefaultPartitioner
 from kafka.producer.future import FutureRecordMetadata
 
 from logship.errors import ConfigError, SinkError
-from logship.sink import (EXPLAIN_TIMEOUT, NOT_AUTHORIZED, NOT_CREATED, Envelope, OnError,
-                          Resent, Sent, Sink, Wake, line_failures, managed_security,
+from logship.sink import (EXPLAIN_TIMEOUT, NOT_AUTHORIZED, NOT_CREATED, Envelope, Job, OnError,
+                          Resent, Sent, Sink, line_failures, managed_security,
                           security_settings)
 
 if TYPE_CHECKING:
@@ -204,6 +204,7 @@ class KafkaPythonSink(Sink):
             raise
         self._generation = 0
         self._isolation: KafkaProducer | None = None
+        self._start_publisher()
 
     def _on_connection_error(self, error: str) -> None:
         self.health.connection_error = error
@@ -230,20 +231,36 @@ class KafkaPythonSink(Sink):
     def is_too_large(self, error: BaseException) -> bool:
         return isinstance(error, (MessageSizeTooLargeError, RecordListTooLargeError))
 
-    def send(self, topic: str, envelope: Envelope, lines: Sequence[bytes],
-             offsets: Sequence[int], wake: Wake) -> Sent:
+    def prepare(self, topic: str) -> Sent | None:
+        """send() would wait up to max_block_ms for a topic's metadata: it is awaited
+        here instead, at once when known. Without it while Kafka is up, the topic may be
+        what Kafka refuses."""
+        try:
+            self._producer.partitions_for(topic)
+            return None
+        except TopicAuthorizationFailedError:
+            return Sent(self._generation, refused=NOT_AUTHORIZED)
+        except KafkaTimeoutError as exc:
+            sent = Sent(self._generation, unavailable=f"Kafka unavailable: {exc}")
+        except KafkaError as exc:
+            raise SinkError(f"topic={topic}: send failed: {exc}") from None
+        sent.refused = self.explain_topic(topic, None) if self.health.up else None
+        if sent.refused:
+            sent.unavailable = None
+        else:
+            self.health.unavailable("metadata")
+        return sent
+
+    def _produce_job(self, job: Job) -> Sent:
         sent = Sent(self._generation)
-        futures = self._produce(self._producer, sent, topic, envelope, lines, offsets)
+        futures = self._produce(self._producer, sent, job.topic, job.envelope, job.lines,
+                                job.offsets)
         if futures:
+            wake = job.wake
             futures[-1].add_callback(lambda _: self.health.available())
             futures[-1].add_both(lambda _: wake())
             sent.delivery = FutureDelivery(futures, sent.skipped)
-        if sent.unavailable and self.health.up:
-            # No metadata for this topic while Kafka is up: the topic may be the problem.
-            sent.refused = self.explain_topic(topic, None)
-        if sent.refused:
-            sent.unavailable = None
-        elif sent.unavailable:
+        if sent.unavailable:
             self.health.unavailable("metadata")
         return sent
 
@@ -336,6 +353,7 @@ class KafkaPythonSink(Sink):
         return resent
 
     def close(self, timeout: float) -> None:
+        self._stop_publisher(timeout)
         self._connection_errors.detach()
         for producer in (self._producer, self._isolation):
             if producer is None:

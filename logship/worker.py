@@ -50,10 +50,13 @@ class InFlight:
     offsets: list[int]
     sent: Sent
     sent_at: float
+    record_cost: int
     nbytes: int = field(init=False)
+    cost: int = field(init=False)     # memory, against the in-flight bounds
 
     def __post_init__(self) -> None:
         self.nbytes = sum(map(len, self.lines))
+        self.cost = self.nbytes + self.record_cost * len(self.lines)
 
     def done(self) -> bool:
         delivery = self.sent.delivery
@@ -94,7 +97,8 @@ class Worker(Service):
         self._queued_at = 0
         self._outage: Backoff | None = None
         self._pending_lines = 0
-        self._pending_bytes = 0
+        self._pending_bytes = 0     # the cost of the batches in flight
+        self._queued_cost = 0       # the cost of the queued chunk's lines not yet sent
         self._tailer: Tailer | None = None
         self.records_sent = 0
         self._read_lines = metrics.lines_read.labels(target.topic)
@@ -119,7 +123,7 @@ class Worker(Service):
             self._drain()
         finally:
             self._watcher.unsubscribe(subscription)
-            self._sink.budget.give(self._pending_bytes)
+            self._sink.budget.give(self._pending_bytes + self._queued_cost)
             tailer.close()
             log.info("worker stopped %s", self.target)
 
@@ -153,11 +157,11 @@ class Worker(Service):
         while not self.stopping.is_set():
             self._collect()
             self._stalled()
-            if self._full():
-                self._wait(self._files.poll_interval)
-            elif self._queued is not None:
+            if self._queued is not None and not self._file_full():
                 tailer.watch_name(time.monotonic())
                 self._send_batch()
+            elif self._queued is not None or self._full():
+                self._wait(self._files.poll_interval)
             elif not self._read(tailer) and not self._release_held(time.monotonic()):
                 self._close_rotated(tailer, time.monotonic())
                 self._watcher.ensure_watched(subscription)
@@ -221,8 +225,12 @@ class Worker(Service):
         in order behind those in flight."""
         if chunk.lines:
             self._queued, self._queued_at = chunk, 0
+            self._queued_cost = sum(map(len, chunk.lines)) \
+                + self._sink.record_cost * len(chunk.lines)
+            self._sink.budget.take(self._queued_cost)     # from the read on, not the send
         else:
-            self._track(InFlight(chunk.file, chunk.end_offset, [], [], Sent(0), time.monotonic()))
+            self._track(InFlight(chunk.file, chunk.end_offset, [], [], Sent(0), time.monotonic(),
+                                 self._sink.record_cost))
 
     def _release_held(self, now: float, force: bool = False) -> bool:
         """Queue a multiline event that timed out (any, with force); True if one was."""
@@ -259,18 +267,27 @@ class Worker(Service):
                                                                    current.read_pos)
         return None
 
-    def _full(self) -> bool:
+    def _file_full(self) -> bool:
+        """This file's own in-flight bound: what may be sent."""
         return (self._pending_lines >= self._files.max_in_flight_lines
-                or self._pending_bytes >= self._files.max_in_flight_bytes
-                or not self._sink.budget.has_room())
+                or self._pending_bytes >= self._files.max_in_flight_bytes)
+
+    def _full(self) -> bool:
+        """What may be read: the queued chunk's memory is counted from its read, so the
+        agent-wide budget holds back reading, never the sending of what was read."""
+        return self._file_full() or not self._sink.budget.has_room()
 
     def _save_opened(self, tailer: Tailer) -> None:
         """A newly opened file's start offset is saved at once, so a kill -9 right after
-        cannot turn it into a 'first start' that read_from: end would skip."""
+        cannot turn it into a 'first start' that read_from: end would skip. A file opened
+        at its start for an entry read from the beginning needs no wait (a restart without
+        its checkpoint starts there too; the writer saves it within a second): a hundred
+        such workers starting at once would each wait for a write and fsync of the state."""
         opened = tailer.take_opened()
         if opened:
             self._publish(opened)
-            self._store.save()
+            if self.target.read_from != "beginning" or any(f.offset for f in opened):
+                self._store.save()
 
     def _send_batch(self) -> None:
         """Send the next slice of the queued chunk, so that acks and stop stay responsive."""
@@ -287,20 +304,20 @@ class Worker(Service):
             self._queued = None
         if sent.count:
             self._track(InFlight(chunk.file, end_offset, chunk.lines[start:stop],
-                                 chunk.offsets[start:stop], sent, time.monotonic()))
+                                 chunk.offsets[start:stop], sent, time.monotonic(),
+                                 self._sink.record_cost))
         self._kafka_state(sent.unavailable)
 
     def _track(self, batch: InFlight) -> None:
         sent = batch.sent
-        nbytes = batch.nbytes
         if sent.skipped:
             self._too_large.inc(len(sent.skipped))
             log.error("%s: %s larger than kafka.max_request_size skipped", self.target,
                       plural(len(sent.skipped), "line", "lines"))
         self._pending.append(batch)
         self._pending_lines += sent.handed_over
-        self._pending_bytes += nbytes
-        self._sink.budget.take(nbytes)
+        self._pending_bytes += batch.cost
+        self._queued_cost -= batch.cost
 
     def _kafka_state(self, unavailable: str | None) -> None:
         """While Kafka cannot take records, hold the lines and retry with backoff (the
@@ -324,8 +341,8 @@ class Worker(Service):
         while self._pending and self._pending[0].done():
             batch = self._pending.popleft()
             self._pending_lines -= batch.sent.handed_over
-            self._pending_bytes -= batch.nbytes
-            self._sink.budget.give(batch.nbytes)
+            self._pending_bytes -= batch.cost
+            self._sink.budget.give(batch.cost)
             self._account(batch)
             batch.file.acked_offset = batch.end_offset
             touched.add(batch.file)

@@ -3,7 +3,8 @@
 Starts its own etcd and Kafka on free loopback ports (tests/harness.py) and measures:
 
 - throughput: LINES lines of SIZE bytes, pre-written to one file, shipped into a topic of
-  each shipper's own until every record is acknowledged: a bare kafka-python producer
+  each shipper's own until every record is acknowledged (and for many busy files:
+  BUSY_FILES files of BUSY_LINES lines each, all at once, through one glob / wildcard): a bare kafka-python producer
   loop, kcat -P -l, rsyslog imfile -> omkafka, and the real `logship run` on each Kafka
   client. lines/s, the ratio to kcat, CPU µs per line and peak RSS of the shipper's
   process. CPU is counted from the moment the shipper is given the file (logship's and
@@ -43,6 +44,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 CLIENTS = ("kafka-python", "confluent-kafka")
 PACKAGES = {"kcat": "kcat", "rsyslogd": "rsyslog-kafka"}
 LATENCY_RATE, LATENCY_SECONDS = 1000, 10
+BUSY_FILES, BUSY_LINES = 100, 5000
 IDLE_SECONDS = 30
 ROUNDS = 2
 TICK = os.sysconf("SC_CLK_TCK")
@@ -156,20 +158,25 @@ module(load="omkafka")
 template(name="raw" type="string" string="%msg%")
 input(type="imfile" file="{path}" tag="bench" ruleset="tokafka")
 ruleset(name="tokafka") {{
-  action(type="omkafka" broker=["{broker}"] topic="{topic}" template="raw" key="{path}"
+  action(type="omkafka" broker=["{broker}"] topic="{topic}" template="raw" key="{key}"
          confParam=["queue.buffering.max.messages=10000000", "enable.idempotence=true",
                     "acks=all"])
 }}
 """
 
 
-def bench_rsyslog(kafka: Kafka, path: Path, lines: int, tmp: Path, run: int) -> Result:
-    """omkafka drops what does not fit librdkafka's queue: the queue is raised to hold all."""
-    work = tmp / f"rsyslog-{run}"
+def bench_rsyslog(kafka: Kafka, path: Path, lines: int, tmp: Path, run: int,
+                  label: str = "rsyslog imfile -> omkafka (C, librdkafka)") -> Result:
+    """omkafka drops what does not fit librdkafka's queue: the queue is raised to hold all.
+    `path` may be a wildcard (imfile's own), the record key is then the file's name."""
+    name = f"{run}-busy" if "*" in str(path) else f"{run}"
+    work = tmp / f"rsyslog-{name}"
     work.mkdir()
-    topic = f"bench-rsyslog-{run}"
+    topic = f"bench-rsyslog-{name}"
     conf = work / "rsyslog.conf"
-    conf.write_text(RSYSLOG_CONF.format(work=work, path=path, broker=kafka.address, topic=topic))
+    key = "%$!metadata!filename%" if "*" in str(path) else str(path)
+    conf.write_text(RSYSLOG_CONF.format(work=work, path=path, broker=kafka.address, topic=topic,
+                                        key=key))
     started = time.perf_counter()
     proc = subprocess.Popen(["rsyslogd", "-n", "-f", str(conf), "-i", str(work / "pid")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -177,8 +184,7 @@ def bench_rsyslog(kafka: Kafka, path: Path, lines: int, tmp: Path, run: int) -> 
         wait_until(lambda: topic_size(kafka, topic) >= lines, 300,
                    "rsyslog to ship every line", step=0.05)
         seconds = time.perf_counter() - started
-        return Result("rsyslog imfile -> omkafka (C, librdkafka)", lines, seconds,
-                      cpu_seconds(proc.pid), memory(proc.pid, "VmHWM"))
+        return Result(label, lines, seconds, cpu_seconds(proc.pid), memory(proc.pid, "VmHWM"))
     finally:
         proc.terminate()
         proc.wait(30)
@@ -220,6 +226,30 @@ both filters, the exclude regex scanning the whole line, and is an event of its 
 make each record a JSON document: the cost of processing, against the plain entry on the
 same client. The file's last event is released after the multiline timeout: a short one
 keeps the wait for it out of the rate."""
+
+
+def make_busy_files(directory: Path, size: int) -> int:
+    """BUSY_FILES files of BUSY_LINES lines, all to be shipped at once; returns the lines."""
+    directory.mkdir()
+    for i in range(BUSY_FILES):
+        make_file(directory / f"app-{i:03d}.log", BUSY_LINES, size)
+    return BUSY_FILES * BUSY_LINES
+
+
+def bench_busy_logship(etcd: Etcd, kafka: Kafka, busy: Path, lines: int, client: str,
+                       tmp: Path, run: int) -> Result:
+    """The busy files through one glob entry, each followed by a worker of its own."""
+    name = f"{client}-busy-{run}"
+    topic = f"bench-{name}"
+    workdir = tmp / f"logship-{name}"
+    (workdir / "logs").mkdir(parents=True)
+    for path in busy.iterdir():
+        os.link(path, workdir / "logs" / path.name)
+    entries = [{"path": f"{workdir}/logs/*.log", "topic": topic, "read_from": "beginning"}]
+    agent, seconds, cpu = ship_with_logship(etcd, kafka, workdir, entries, client, lines, topic)
+    rss = memory(agent.proc.pid, "VmHWM")
+    agent.stop(60)
+    return Result(f"logship ({client}, {BUSY_FILES} busy files)", lines, seconds, cpu, rss)
 
 
 def bench_logship(etcd: Etcd, kafka: Kafka, path: Path, lines: int, client: str,
@@ -329,8 +359,9 @@ def machine() -> str:
 def report(lines: int, size: int, results: list[Result], latency: dict, idle: dict) -> None:
     kcat = next(r for r in results if r.shipper.startswith("kcat"))
     print(f"{datetime.now(timezone.utc):%Y-%m-%d}, {machine()}")
-    print(f"{lines:,} lines of {size} bytes, acks=all, one local broker, the least CPU of "
-          f"{ROUNDS} rounds\n")
+    print(f"{lines:,} lines of {size} bytes in one file ({BUSY_FILES} busy files: "
+          f"{BUSY_FILES} x {BUSY_LINES:,} lines at once), acks=all, one local broker, the "
+          f"least CPU of {ROUNDS} rounds\n")
     print("| shipper | lines/s | vs kcat | CPU µs/line | peak RSS MiB |")
     print("|---|---|---|---|---|")
     for r in results:
@@ -348,14 +379,20 @@ def report(lines: int, size: int, results: list[Result], latency: dict, idle: di
         print(f"| {files:,} | {client} | {share:.2%} | {rss / 2**20:.0f} |")
 
 
-def throughput(etcd: Etcd, kafka: Kafka, path: Path, lines: int, tmp: Path,
-               run: int) -> list[Result]:
+def throughput(etcd: Etcd, kafka: Kafka, path: Path, lines: int, busy: Path,
+               busy_lines: int, tmp: Path, run: int) -> list[Result]:
     """One round: every shipper once, always in the same order."""
     results = [progress(bench_bare_loop(kafka, path, run)),
                progress(bench_kcat(kafka, path, lines, run)),
-               progress(bench_rsyslog(kafka, path, lines, tmp, run))]
-    return results + [progress(bench_logship(etcd, kafka, path, lines, client, tmp, run, options))
-                      for client in CLIENTS for options in (None, PROCESSED)]
+               progress(bench_rsyslog(kafka, path, lines, tmp, run)),
+               progress(bench_rsyslog(kafka, busy / "*.log", busy_lines, tmp, run,
+                                      f"rsyslog imfile wildcard, {BUSY_FILES} busy files"))]
+    for client in CLIENTS:
+        results += [progress(bench_logship(etcd, kafka, path, lines, client, tmp, run, options))
+                    for options in (None, PROCESSED)]
+        results.append(progress(bench_busy_logship(etcd, kafka, busy, busy_lines, client, tmp,
+                                                   run)))
+    return results
 
 
 def progress(result, *what):
@@ -375,7 +412,10 @@ def main() -> None:
         try:
             path = tmp / "bench.log"
             make_file(path, lines, size)
-            runs = [throughput(etcd, kafka, path, lines, tmp, run) for run in range(ROUNDS)]
+            busy = tmp / "busy"
+            busy_lines = make_busy_files(busy, size)
+            runs = [throughput(etcd, kafka, path, lines, busy, busy_lines, tmp, run)
+                    for run in range(ROUNDS)]
             results = [min(same, key=lambda result: result.cpu_seconds) for same in zip(*runs)]
             latency = {client: progress(bench_latency(etcd, kafka, client, tmp), client)
                        for client in CLIENTS}

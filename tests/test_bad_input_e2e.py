@@ -130,8 +130,10 @@ def test_lines_beside_records_too_large_for_the_broker_arrive(
     topic_reader.wait_for(lambda r: {b"before", b"mid", b"after"} <= {x.value for x in r}, 60,
                           "the neighbours of the oversized lines")
     values = [r.value for r in topic_reader.settle(1.0)]
-    # records aborted behind the culprit may have reached the broker: duplicates, no loss
-    assert list(dict.fromkeys(values)) == [b"before", b"mid", b"after"]
+    # Records aborted beside the culprit may have reached the broker (duplicates, no loss);
+    # those resent one by one may come after a later line (the README says so): the
+    # neighbours all arrive, and nothing of the oversized lines does.
+    assert set(values) == {b"before", b"mid", b"after"}
     agent.wait_log(f"path={log} topic={topic}: 1 line refused by the broker as too large",
                    count=2)
     wait_until(lambda: [c["offset"] for c in agent.checkpoints()] == [log.stat().st_size], 10,
