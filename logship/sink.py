@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
@@ -153,23 +154,39 @@ class Envelope:
 
 
 class InFlightBudget:
-    """Agent-wide bytes sent and not acknowledged; checked once per batch, not per line."""
+    """Agent-wide memory of lines read and not acknowledged; used once per read and per
+    batch, never per line. A read reserves its estimated cost first, atomically, so many
+    workers starting at once cannot all pass a check before any of them has taken its
+    share: at most one reservation goes past the limit. A worker that finds no room is
+    woken when room comes back, one per return of budget, instead of polling."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self._lock = threading.Lock()
+        self._waiting: deque[Wake] = deque()
 
-    def has_room(self) -> bool:
-        return self.used < self.limit
+    def reserve(self, nbytes: int, wake: Wake) -> bool:
+        """Take nbytes if there is room; else `wake` is called once there is."""
+        with self._lock:
+            if self.used < self.limit:
+                self.used += nbytes
+                return True
+            self._waiting.append(wake)
+            return False
 
     def take(self, nbytes: int) -> None:
+        """Correct a reservation by what the read really costs (may be negative)."""
         with self._lock:
             self.used += nbytes
 
     def give(self, nbytes: int) -> None:
         with self._lock:
             self.used -= nbytes
+            wake = self._waiting.popleft() if self._waiting and self.used < self.limit \
+                else None
+        if wake is not None:
+            wake()
 
 
 class KafkaHealth:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 4.0
 SEND_BATCH = 1000
+TYPICAL_LINE = 100      # bytes: what a read reserves is a chunk of lines this long
 
 
 RESEND_TIMEOUT = 30.0
@@ -99,6 +100,7 @@ class Worker(Service):
         self._pending_lines = 0
         self._pending_bytes = 0     # the cost of the batches in flight
         self._queued_cost = 0       # the cost of the queued chunk's lines not yet sent
+        self._reserved = 0          # budget reserved for the next read
         self._tailer: Tailer | None = None
         self.records_sent = 0
         self._read_lines = metrics.lines_read.labels(target.topic)
@@ -123,7 +125,7 @@ class Worker(Service):
             self._drain()
         finally:
             self._watcher.unsubscribe(subscription)
-            self._sink.budget.give(self._pending_bytes + self._queued_cost)
+            self._sink.budget.give(self._pending_bytes + self._queued_cost + self._reserved)
             tailer.close()
             log.info("worker stopped %s", self.target)
 
@@ -160,7 +162,7 @@ class Worker(Service):
             if self._queued is not None and not self._file_full():
                 tailer.watch_name(time.monotonic())
                 self._send_batch()
-            elif self._queued is not None or self._full():
+            elif self._queued is not None or self._file_full() or not self._reserve():
                 self._wait(self._files.poll_interval)
             elif not self._read(tailer) and not self._release_held(time.monotonic()):
                 self._close_rotated(tailer, time.monotonic())
@@ -199,7 +201,15 @@ class Worker(Service):
         return Progress(state, acked, size, behind + max(0, size - acked), self.records_sent)
 
     def _read(self, tailer: Tailer) -> bool:
-        """Queue the next chunk; False when there was nothing to read."""
+        """Queue the next chunk; False when there was nothing to read. What the read
+        reserved and did not queue goes back to the budget."""
+        try:
+            return self._read_chunk(tailer)
+        finally:
+            self._sink.budget.give(self._reserved)
+            self._reserved = 0
+
+    def _read_chunk(self, tailer: Tailer) -> bool:
         chunk = tailer.read(time.monotonic())
         self._save_opened(tailer)
         if chunk is None:
@@ -227,7 +237,8 @@ class Worker(Service):
             self._queued, self._queued_at = chunk, 0
             self._queued_cost = sum(map(len, chunk.lines)) \
                 + self._sink.record_cost * len(chunk.lines)
-            self._sink.budget.take(self._queued_cost)     # from the read on, not the send
+            self._sink.budget.take(self._queued_cost - self._reserved)   # from the read on
+            self._reserved = 0
         else:
             self._track(InFlight(chunk.file, chunk.end_offset, [], [], Sent(0), time.monotonic(),
                                  self._sink.record_cost))
@@ -272,10 +283,16 @@ class Worker(Service):
         return (self._pending_lines >= self._files.max_in_flight_lines
                 or self._pending_bytes >= self._files.max_in_flight_bytes)
 
-    def _full(self) -> bool:
-        """What may be read: the queued chunk's memory is counted from its read, so the
-        agent-wide budget holds back reading, never the sending of what was read."""
-        return self._file_full() or not self._sink.budget.has_room()
+    def _reserve(self) -> bool:
+        """Reserve the agent-wide budget for the next read (a full chunk of 100-byte
+        lines), or be woken when there is room. The queued chunk's memory is counted from
+        its read, so the budget holds back reading, never the sending of what was read."""
+        if not self._reserved:
+            size = self._files.read_chunk_bytes
+            estimate = size + self._sink.record_cost * (size // TYPICAL_LINE)
+            if self._sink.budget.reserve(estimate, self._wake.set):
+                self._reserved = estimate
+        return self._reserved > 0
 
     def _save_opened(self, tailer: Tailer) -> None:
         """A newly opened file's start offset is saved at once, so a kill -9 right after
