@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -22,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from logship.netprobe import TlsFiles, endpoint_failure
-from logship.supervisor import Service
 
 if TYPE_CHECKING:
     from logship.config import KafkaConfig
@@ -68,69 +66,15 @@ class Sent:
         return self.count - len(self.skipped)
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True)
 class Job:
-    """A batch a worker hands to the publishing thread, and what became of it."""
+    """A batch of one worker's lines for the client."""
 
     topic: str
     envelope: Envelope
     lines: Sequence[bytes]
     offsets: Sequence[int]
     wake: Wake
-    sent: Sent | None = None
-    error: BaseException | None = None
-    handed: threading.Event = field(default_factory=threading.Event)
-
-
-CLOSING = "the Kafka producer is being replaced or closed"
-
-
-class Publisher(Service):
-    """The one thread that hands records to the client. Workers (a thread per file) only
-    queue their batches: a hundred threads calling the client at once contend for its
-    locks and the GIL (kafka-python's per-partition locks took three quarters of a busy
-    agent's time), while one thread runs the client's per-record loop uncontended, the
-    same for one busy file or a hundred. Batches are handed over in the order queued, so
-    each file's lines keep their order. A batch whose handing fails is its worker's
-    failure, never this thread's."""
-
-    def __init__(self, produce: Callable[[Job], Sent]) -> None:
-        super().__init__(name="kafka-publisher")
-        self._produce = produce
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def hand_over(self, job: Job) -> Sent:
-        """On a worker's thread: returns once the batch was handed to the client."""
-        with self._lock:
-            if self._closed:
-                return Sent(0, unavailable=CLOSING)
-            self._jobs.put(job)
-        job.handed.wait()
-        if job.error is not None:
-            raise job.error
-        assert job.sent is not None
-        return job.sent
-
-    def stop(self) -> None:
-        super().stop()
-        self._jobs.put(None)
-
-    def serve(self) -> None:
-        for job in iter(self._jobs.get, None):
-            try:
-                job.sent = self._produce(job)
-            except BaseException as exc:        # re-raised on the worker's thread
-                job.error = exc
-            job.handed.set()
-        with self._lock:
-            self._closed = True
-        while not self._jobs.empty():
-            job = self._jobs.get()
-            if job is not None:
-                job.sent = Sent(0, unavailable=CLOSING)
-                job.handed.set()
 
 
 @dataclass
@@ -259,7 +203,13 @@ class KafkaHealth:
 
 
 class Sink(ABC):
-    """One shared producer for the whole agent, called by one publishing thread."""
+    """One shared producer for the whole agent, called by one worker at a time, for a
+    whole batch: a hundred threads calling kafka-python record by record contend for its
+    per-partition locks and the GIL (three quarters of a busy agent's time went waiting
+    on one of them), while one caller at a time runs the client's per-record loop
+    uncontended. A lock per batch, not a publishing thread: handing each batch to a
+    thread of its own cost a GIL hand-off (about 1 ms) per batch, a third of librdkafka's
+    own time for it."""
 
     record_cost = 400
     """Bytes of memory a record costs beside its value, from its read to its
@@ -274,18 +224,7 @@ class Sink(ABC):
             if config.security_protocol in ("SSL", "SASL_SSL") else None
         self.health = KafkaHealth(config.bootstrap_servers, tls, on_error)
         self.host = host
-        self._publisher = Publisher(self._produce_job)
-
-    def _start_publisher(self) -> None:
-        """By the client's constructor, once its producer exists."""
-        self._publisher.start()
-
-    def _stop_publisher(self, timeout: float) -> None:
-        """First in close(): batches still queued come back unhanded, to be sent again."""
-        self._publisher.stop()
-        self._publisher.join(timeout)
-        if self._publisher.is_alive():
-            log.error("the Kafka publisher thread did not stop within %.0fs; leaving it", timeout)
+        self._client_lock = threading.Lock()
 
     def envelope(self, target: Target) -> Envelope:
         """The record key and headers of a target's records, made once per worker."""
@@ -298,23 +237,24 @@ class Sink(ABC):
 
     def send(self, topic: str, envelope: Envelope, lines: Sequence[bytes],
              offsets: Sequence[int], wake: Wake) -> Sent:
-        """On a worker's thread: hand lines over in order, through the publisher; `wake`
+        """On a worker's thread: hand lines over in order, one worker at a time; `wake`
         is called (on any thread) when the batch is settled. Stops early when Kafka cannot
         take records now (`Sent.unavailable`) or refuses the topic (`Sent.refused`)."""
         early = self.prepare(topic)
         if early is not None:
             return early
-        return self._publisher.hand_over(Job(topic, envelope, lines, offsets, wake))
+        with self._client_lock:
+            return self._produce_job(Job(topic, envelope, lines, offsets, wake))
 
     def prepare(self, topic: str) -> Sent | None:
-        """On the worker's thread, before its batch is queued: anything that may block
-        for one topic (a client waiting for its metadata) is done here, so that the
-        publisher never waits for one topic. A Sent when the batch cannot go."""
+        """Before the client's lock is taken: anything that may block for one topic (a
+        client waiting for its metadata) is done here, so that no other worker waits for
+        one topic. A Sent when the batch cannot go."""
         return None
 
     @abstractmethod
     def _produce_job(self, job: Job) -> Sent:
-        """On the publisher's thread: hand the job's lines to the client, in order."""
+        """Under the client's lock: hand the job's lines to the client, in order."""
 
     @abstractmethod
     def is_too_large(self, error: BaseException) -> bool:

@@ -204,7 +204,6 @@ class KafkaPythonSink(Sink):
             raise
         self._generation = 0
         self._isolation: KafkaProducer | None = None
-        self._start_publisher()
 
     def _on_connection_error(self, error: str) -> None:
         self.health.connection_error = error
@@ -353,7 +352,6 @@ class KafkaPythonSink(Sink):
         return resent
 
     def close(self, timeout: float) -> None:
-        self._stop_publisher(timeout)
         self._connection_errors.detach()
         for producer in (self._producer, self._isolation):
             if producer is None:
