@@ -226,6 +226,10 @@ class Sink(ABC):
         self.host = host
         self._client_lock = threading.Lock()
 
+    def cost(self, lines: Sequence[bytes]) -> int:
+        """The memory lines cost from their read to their acknowledgement."""
+        return sum(map(len, lines)) + self.record_cost * len(lines)
+
     def envelope(self, target: Target) -> Envelope:
         """The record key and headers of a target's records, made once per worker."""
         options = target.options

@@ -51,13 +51,11 @@ class InFlight:
     offsets: list[int]
     sent: Sent
     sent_at: float
-    record_cost: int
+    cost: int                         # memory, against the in-flight bounds
     nbytes: int = field(init=False)
-    cost: int = field(init=False)     # memory, against the in-flight bounds
 
     def __post_init__(self) -> None:
         self.nbytes = sum(map(len, self.lines))
-        self.cost = self.nbytes + self.record_cost * len(self.lines)
 
     def done(self) -> bool:
         delivery = self.sent.delivery
@@ -235,13 +233,12 @@ class Worker(Service):
         in order behind those in flight."""
         if chunk.lines:
             self._queued, self._queued_at = chunk, 0
-            self._queued_cost = sum(map(len, chunk.lines)) \
-                + self._sink.record_cost * len(chunk.lines)
+            self._queued_cost = self._sink.cost(chunk.lines)
             self._sink.budget.take(self._queued_cost - self._reserved)   # from the read on
             self._reserved = 0
         else:
             self._track(InFlight(chunk.file, chunk.end_offset, [], [], Sent(0), time.monotonic(),
-                                 self._sink.record_cost))
+                                 0))
 
     def _release_held(self, now: float, force: bool = False) -> bool:
         """Queue a multiline event that timed out (any, with force); True if one was."""
@@ -320,9 +317,9 @@ class Worker(Service):
         if stop == len(chunk.lines):
             self._queued = None
         if sent.count:
-            self._track(InFlight(chunk.file, end_offset, chunk.lines[start:stop],
-                                 chunk.offsets[start:stop], sent, time.monotonic(),
-                                 self._sink.record_cost))
+            lines = chunk.lines[start:stop]
+            self._track(InFlight(chunk.file, end_offset, lines, chunk.offsets[start:stop], sent,
+                                 time.monotonic(), self._sink.cost(lines)))
         self._kafka_state(sent.unavailable)
 
     def _track(self, batch: InFlight) -> None:
