@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from logship.checkpoint import CheckpointStore
-from logship.fswatch import DirWatcher, TreeSubscription
+from logship.fswatch import DirWatcher, TreeSubscription, watch_failure
 from logship.globs import GlobRoot, compile_glob, glob_root, walk_matches
 from logship.logs import plural, shown
 from logship.spec import Target, real_path_allowed
@@ -137,10 +137,11 @@ class Discovery:
         try:
             glob.watch = self._watcher.watch_tree(*tree, lambda: self._changed(glob))
         except OSError as exc:
-            if glob.watch_error != str(exc):
+            reason = watch_failure(exc)
+            if glob.watch_error != reason:
                 log.warning("%s: cannot watch %s (%s); looking for new files every "
-                            "files.safety_poll_interval only", glob, directory, exc)
-            glob.watch_error = str(exc)
+                            "files.safety_poll_interval only", glob, directory, reason)
+            glob.watch_error = reason
             return
         glob.watch_error = None
 

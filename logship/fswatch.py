@@ -13,6 +13,7 @@ recursive), shared by the globs that need it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -101,6 +102,7 @@ class DirWatcher:
         self._subs: dict[str, dict[str, frozenset[Subscription]]] = {}
         self._watches: dict[str, ObservedWatch] = {}
         self._lost: set[str] = set()
+        self._failed: dict[str, str] = {}       # directory -> why it cannot be watched
         self._trees: dict[tuple[str, bool], frozenset[TreeSubscription]] = {}
         self._tree_watches: dict[tuple[str, bool], ObservedWatch] = {}
         self._lost_trees: set[tuple[str, bool]] = set()
@@ -135,10 +137,18 @@ class DirWatcher:
                     self._watches[sub.directory] = self._observer.schedule(
                         handler, sub.directory, event_filter=_EVENTS)
                 except OSError as exc:
-                    log.warning("dir=%s cannot be watched (%s); relying on polling",
-                                sub.directory, exc)
+                    self._unwatchable(sub.directory, exc)
                     return
+                self._failed.pop(sub.directory, None)
             sub.watched = sub.directory in self._watches and sub.directory not in self._lost
+
+    def _unwatchable(self, directory: str, exc: OSError) -> None:
+        """Said once per directory and cause: every worker in it asks again at each poll."""
+        reason = watch_failure(exc)
+        if self._failed.get(directory) != reason:
+            self._failed[directory] = reason
+            log.warning("dir=%s cannot be watched (%s); its files are looked at every "
+                        "files.poll_interval instead", directory, reason)
 
     def unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
@@ -187,14 +197,28 @@ class DirWatcher:
             sub.changed()
 
     def sweep(self) -> None:
-        """The safety net for events lost on inotify queue overflow: one stat per idle
-        file, on the caller's thread, and only the subscribers whose file changed are
-        woken (a wake of a thread costs far more than a stat)."""
-        for names in self._subs.values():
-            for subs in names.values():
-                for sub in subs:
-                    if sub.idle_state is not None and file_state(sub.path) != sub.idle_state:
-                        sub.wake()
+        """The safety net for events lost on inotify queue overflow (or never made, as on
+        NFS for another host's writes): one stat per idle file, on the caller's thread,
+        relative to its directory opened once (no path walk per file), and only the
+        subscribers whose file changed are woken (a wake of a thread costs far more than
+        a stat)."""
+        for directory, names in self._subs.items():
+            try:
+                dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                dir_fd = None           # gone: every file in it is missing
+            try:
+                for name, subs in names.items():
+                    state = None
+                    for sub in subs:
+                        if sub.idle_state is not None:
+                            state = state or (file_state(name, dir_fd) if dir_fd is not None
+                                              else MISSING)
+                            if state != sub.idle_state:
+                                sub.wake()
+            finally:
+                if dir_fd is not None:
+                    os.close(dir_fd)
 
     def lost(self, directory: str) -> None:
         """The watched directory itself was deleted, and its watch with it. Called on
@@ -236,9 +260,25 @@ class DirWatcher:
             sub.wake()
 
 
-def file_state(path: str) -> FileState:
+LIMITS = {errno.ENOSPC: "fs.inotify.max_user_watches",
+          errno.EMFILE: "fs.inotify.max_user_instances"}
+
+
+def watch_failure(exc: OSError) -> str:
+    """Why a directory cannot be watched; a kernel limit is named with its sysctl."""
+    sysctl = LIMITS.get(exc.errno)
+    if sysctl is None:
+        return exc.strerror or str(exc)
     try:
-        st = os.stat(path)
+        now = open(f"/proc/sys/{sysctl.replace('.', '/')}").read().strip()
+    except OSError:
+        now = "?"
+    return f"{exc.strerror or exc}: the limit is sysctl {sysctl} (now {now}); raise it"
+
+
+def file_state(path: str, dir_fd: int | None = None) -> FileState:
+    try:
+        st = os.stat(path, dir_fd=dir_fd)
     except OSError:
         return MISSING
     return (st.st_dev, st.st_ino, st.st_size)

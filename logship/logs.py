@@ -67,7 +67,7 @@ class JsonFormatter(SafeFormatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-SUBJECT = re.compile(r"(?<![\w.])(key|path|topic)=(\S+)")
+SUBJECT = re.compile(r"(?<![\w.])(key|path|topic)=(\S*[^\s:;,])")  # "topic=t: ..." is t
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 

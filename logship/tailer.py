@@ -29,6 +29,17 @@ NAME_CHECK_INTERVAL = 0.2
 _TAIL_SCAN = 64 * 1024
 
 
+@dataclass(frozen=True)
+class Opened:
+    """A descriptor as open_checked judged it: its stat and its real path are reused,
+    not asked for again (each system call hands the GIL over, which many threads make
+    costly)."""
+
+    fd: int
+    st: os.stat_result
+    real: str
+
+
 @dataclass
 class Chunk:
     """Complete lines read in one go; offsets are the file offsets of their first bytes."""
@@ -43,10 +54,10 @@ class Chunk:
 class FollowedFile:
     """One open descriptor, its identity (device, inode, fingerprint) and read position."""
 
-    def __init__(self, path: str, fd: int, offset: int, now: float) -> None:
-        st = os.fstat(fd)
+    def __init__(self, path: str, opened: Opened, offset: int, now: float) -> None:
+        st = opened.st
         self.path = path
-        self.fd = fd
+        self.fd = fd = opened.fd
         self.dev, self.ino = st.st_dev, st.st_ino
         self.offset = offset
         self.acked_offset = offset
@@ -55,7 +66,7 @@ class FollowedFile:
         self.skipping = False
         self._partial = b""
         self.fp_len, self.fp = fingerprint(fd, st.st_size)
-        self.by_name = os.readlink(f"/proc/self/fd/{fd}") == _resolved(path)
+        self.by_name = opened.real == _resolved(path)
 
     @property
     def identity(self) -> tuple[int, int]:
@@ -126,7 +137,7 @@ class FollowedFile:
         os.close(self.fd)
 
 
-def open_checked(path: str, allowed: Iterable[str]) -> int | None:
+def open_checked(path: str, allowed: Iterable[str]) -> Opened | None:
     """Open without blocking, then judge what was opened, never the name.
 
     The name can be swapped (a symlink renamed over it) between any check and the open,
@@ -140,14 +151,13 @@ def open_checked(path: str, allowed: Iterable[str]) -> int | None:
     except OSError as exc:
         raise SourceError(f"path={shown(path)}: cannot open: {exc.strerror}") from None
     try:
-        _check_opened(path, fd, allowed)
+        return _check_opened(path, fd, allowed)
     except BaseException:
         os.close(fd)
         raise
-    return fd
 
 
-def _check_opened(path: str, fd: int, allowed: Iterable[str]) -> None:
+def _check_opened(path: str, fd: int, allowed: Iterable[str]) -> Opened:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise SourceError(f"path={shown(path)}: not a regular file")
@@ -155,6 +165,7 @@ def _check_opened(path: str, fd: int, allowed: Iterable[str]) -> None:
     if not real_path_allowed(real, allowed):
         raise SourceError(f"path={shown(path)}: real path {shown(real)} is outside allowed_paths")
     _refuse_pseudo_file(path, fd, st.st_size)
+    return Opened(fd, st, real)
 
 
 def _refuse_pseudo_file(path: str, fd: int, size: int) -> None:
@@ -179,11 +190,11 @@ def _resolved(path: str) -> str:
     return os.path.join(os.path.realpath(directory), name)
 
 
-def _matches(fd: int, saved: FileCheckpoint) -> bool:
-    st = os.fstat(fd)
+def _matches(opened: Opened, saved: FileCheckpoint) -> bool:
+    st = opened.st
     if (st.st_dev, st.st_ino) != (saved.dev, saved.ino) or st.st_size < saved.offset:
         return False
-    return fingerprint(fd, saved.fp_len) == (saved.fp_len, saved.fp)
+    return fingerprint(opened.fd, saved.fp_len) == (saved.fp_len, saved.fp)
 
 
 def _find_by_inode(directory: str, dev: int, ino: int) -> str | None:
@@ -199,11 +210,11 @@ def _find_by_inode(directory: str, dev: int, ino: int) -> str | None:
     return None
 
 
-def _end_of_last_line(fd: int) -> int:
+def _end_of_last_line(opened: Opened) -> int:
     """Where `read_from: end` starts: after the last newline, so no half line is shipped."""
-    size = os.fstat(fd).st_size
+    size = opened.st.st_size
     start = max(0, size - _TAIL_SCAN)
-    tail = os.pread(fd, size - start, start)
+    tail = os.pread(opened.fd, size - start, start)
     newline = tail.rfind(b"\n")
     return start + newline + 1 if newline >= 0 else (0 if start == 0 else size)
 
@@ -241,40 +252,42 @@ class Tailer:
     def files(self) -> list[FollowedFile]:
         return self.rotated + ([self.current] if self.current else [])
 
-    def restore(self, saved: Iterable[FileCheckpoint], read_from: str, now: float) -> list[FileCheckpoint]:
-        """Reopen the files of saved checkpoints; returns the checkpoints no file matches.
+    def restore(self, saved: Iterable[FileCheckpoint], read_from: str,
+                now: float) -> tuple[list[FileCheckpoint], str]:
+        """Reopen the files of saved checkpoints; returns the checkpoints no file matches,
+        and where following starts, for the worker's one start line.
 
         read_from applies only when nothing was saved for this path: with a saved
         checkpoint, a file now under the name is a successor and is read from its start.
         """
         saved = list(saved)
-        stale = [cp for cp in saved if not self._reopen(cp, now)]
+        where: list[str] = []
+        stale = [cp for cp in saved if not self._reopen(cp, now, where)]
         if self.current is None:
             at_end = not saved and read_from == "end"
-            if not self._open_current(now, at_end=at_end):
-                log.info("path=%s does not exist yet; waiting for it", self.path)
-        return stale
+            where.append(self._open_current(now, at_end=at_end)
+                         or "does not exist yet; waiting for it")
+        return stale, "; ".join(where)
 
-    def _reopen(self, saved: FileCheckpoint, now: float) -> bool:
+    def _reopen(self, saved: FileCheckpoint, now: float, where: list[str]) -> bool:
         for candidate in self._candidates(saved):
             try:
-                fd = open_checked(candidate, self.settings.allowed_paths)
+                opened = open_checked(candidate, self.settings.allowed_paths)
             except SourceError as exc:
                 log.warning("%s; not resuming it", exc)
                 continue
-            if fd is None:
+            if opened is None:
                 continue
-            if not _matches(fd, saved):
-                os.close(fd)
+            if not _matches(opened, saved):
+                os.close(opened.fd)
                 continue
-            followed = FollowedFile(self.path, fd, saved.offset, now)
+            followed = FollowedFile(self.path, opened, saved.offset, now)
             if candidate == self.path and self.current is None:
                 self.current = followed
-                log.info("path=%s resuming at offset %d", self.path, saved.offset)
+                where.append(f"resuming at offset {saved.offset}")
             else:
                 self.rotated.append(followed)
-                log.info("path=%s resuming rotated file %s at offset %d", self.path, candidate,
-                         saved.offset)
+                where.append(f"resuming rotated file {shown(candidate)} at offset {saved.offset}")
             return True
         return False
 
@@ -328,7 +341,10 @@ class Tailer:
         if any(f.identity == (st.st_dev, st.st_ino) for f in self.rotated):
             return False
         self._retire_current("rotated")
-        return self._open_current(now, at_end=False)
+        opened = self._open_current(now, at_end=False)
+        if opened is not None:
+            log.info("path=%s %s", self.path, opened)
+        return opened is not None
 
     def _retire_current(self, why: str) -> None:
         if self.current is not None:
@@ -336,19 +352,18 @@ class Tailer:
             self.rotated.append(self.current)
             self.current = None
 
-    def _open_current(self, now: float, at_end: bool) -> bool:
-        fd = open_checked(self.path, self.settings.allowed_paths)
-        if fd is None:
-            return False
-        offset = _end_of_last_line(fd) if at_end else 0
-        self.current = FollowedFile(self.path, fd, offset, now)
+    def _open_current(self, now: float, at_end: bool) -> str | None:
+        """Open the file under the name; says where it starts, None when there is none."""
+        opened = open_checked(self.path, self.settings.allowed_paths)
+        if opened is None:
+            return None
+        offset = _end_of_last_line(opened) if at_end else 0
+        self.current = FollowedFile(self.path, opened, offset, now)
         self.opened.append(self.current)
         if offset:
-            log.info("path=%s opened at offset %d (read_from: end; the %d bytes already there "
-                     "are not shipped)", self.path, offset, offset)
-        else:
-            log.info("path=%s opened at offset 0", self.path)
-        return True
+            return (f"opened at offset {offset} (read_from: end; the {offset} bytes already "
+                    f"there are not shipped)")
+        return "opened at offset 0"
 
     def closable(self, now: float) -> list[FollowedFile]:
         """Rotated files done with: quiet, at their end, and acknowledged (or timed out)."""

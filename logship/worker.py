@@ -38,6 +38,7 @@ TYPICAL_LINE = 100      # bytes: what a read reserves is a chunk of lines this l
 
 
 RESEND_TIMEOUT = 30.0
+SAVE_WAIT = 5.0
 
 
 @dataclass
@@ -118,7 +119,11 @@ class Worker(Service):
         tailer = self._tailer = Tailer(self.target.path, self._settings)
         subscription = self._watcher.subscribe(self.target.path, self._wake.set)
         try:
-            self._restore(tailer)
+            with self.start_gate:
+                if self.stopping.is_set():
+                    return
+                opened = self._restore(tailer)
+            self._save_opened(opened)
             self._follow(tailer, subscription)
             self._drain()
         finally:
@@ -127,19 +132,24 @@ class Worker(Service):
             tailer.close()
             log.info("worker stopped %s", self.target)
 
-    def _restore(self, tailer: Tailer) -> None:
+    def _restore(self, tailer: Tailer) -> list[FollowedFile]:
+        """Reopen the files where they were left, or open the file under the name; returns
+        the files opened anew (their start offsets, published, are not saved yet)."""
         target = self.target
         first = self._store.first_start(target.topic, target.path)
         own = self._store.for_target(target.topic, target.path)
         saved = own or self._renamed_here()
         read_from = target.read_from if first else "beginning"
-        for stale in tailer.restore(saved, read_from, time.monotonic()):
-            if stale.path == target.path:
-                self._store.remove(stale)
+        stale, where = tailer.restore(saved, read_from, time.monotonic())
+        for checkpoint in stale:
+            if checkpoint.path == target.path:
+                self._store.remove(checkpoint)
         if saved and not own:
             self._publish(tailer.files())
-        self._save_opened(tailer)
-        log.info("worker started %s", target)
+        opened = tailer.take_opened()
+        self._publish(opened)
+        log.info("worker started %s: %s", target, where)
+        return opened
 
     def _renamed_here(self) -> list[FileCheckpoint]:
         """A new glob match may be a file renamed from another match of the entry
@@ -166,12 +176,6 @@ class Worker(Service):
                 self._close_rotated(tailer, time.monotonic())
                 self._watcher.ensure_watched(subscription)
                 self._wait(self._idle_wait(tailer, subscription))
-
-    def activity(self) -> tuple[int, bool]:
-        """Records sent and whether a file is open: when neither moved in any worker, the
-        status has not changed either (cheaper than progress(), for the status writer)."""
-        tailer = self._tailer
-        return self.records_sent, tailer is not None and tailer.current is not None
 
     def holds_files(self) -> bool:
         """Whether a file is still open or lines are in flight: a glob match that went
@@ -209,7 +213,10 @@ class Worker(Service):
 
     def _read_chunk(self, tailer: Tailer) -> bool:
         chunk = tailer.read(time.monotonic())
-        self._save_opened(tailer)
+        opened = tailer.take_opened()
+        if opened:
+            self._publish(opened)
+            self._save_opened(opened)
         if chunk is None:
             return False
         if chunk.truncated:
@@ -291,17 +298,14 @@ class Worker(Service):
                 self._reserved = estimate
         return self._reserved > 0
 
-    def _save_opened(self, tailer: Tailer) -> None:
-        """A newly opened file's start offset is saved at once, so a kill -9 right after
-        cannot turn it into a 'first start' that read_from: end would skip. A file opened
-        at its start for an entry read from the beginning needs no wait (a restart without
-        its checkpoint starts there too; the writer saves it within a second): a hundred
-        such workers starting at once would each wait for a write and fsync of the state."""
-        opened = tailer.take_opened()
-        if opened:
-            self._publish(opened)
-            if self.target.read_from != "beginning" or any(f.offset for f in opened):
-                self._store.save()
+    def _save_opened(self, opened: list[FollowedFile]) -> None:
+        """A newly opened file's start offset is saved before its lines are read, so a
+        kill -9 right after cannot turn it into a 'first start' that read_from: end would
+        skip. A file opened at its start for an entry read from the beginning needs no
+        wait: a restart without its checkpoint starts there too. A save that does not come
+        (a full disk, said by the store) is not waited for longer than SAVE_WAIT."""
+        if opened and (self.target.read_from != "beginning" or any(f.offset for f in opened)):
+            self._store.sync(SAVE_WAIT)
 
     def _send_batch(self) -> None:
         """Send the next slice of the queued chunk, so that acks and stop stay responsive."""

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -46,6 +47,7 @@ PACKAGES = {"kcat": "kcat", "rsyslogd": "rsyslog-kafka"}
 LATENCY_RATE, LATENCY_SECONDS = 1000, 10
 BUSY_FILES, BUSY_LINES = 100, 5000
 IDLE_SECONDS = 30
+SCALE_FILES, SCALE_DIRS = (1000, 5000, 10_000), 10
 ROUNDS = 2
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -195,6 +197,10 @@ def bench_agent(workdir: Path, etcd: Etcd, kafka: Kafka, key: str, client: str) 
     agent = Agent(workdir, etcd, kafka, [key], client, allowed_paths=[f"{workdir}/**"], files={})
     for setting in ("timeout", "probe_interval"):
         del agent.config["etcd"][setting]
+    # Not beside its log, as on a host: each log line would be an event on the config's
+    # directory, which the agent watches for edits.
+    agent.config_path = workdir / "etc" / "config.yaml"
+    agent.config_path.parent.mkdir(parents=True, exist_ok=True)
     agent.write_config()
     return agent
 
@@ -320,29 +326,76 @@ def read_all(kafka: Kafka, topic: str, count: int) -> list:
     return records
 
 
-# -- idle ---------------------------------------------------------------------------------
+# -- scale --------------------------------------------------------------------------------
 
-def bench_idle(etcd: Etcd, kafka: Kafka, files: int, client: str, tmp: Path) -> tuple[float, int]:
-    """Every file ships its line, then: share of a core and RSS while nothing is written."""
-    topic = f"idle-{files}-{client}"
-    workdir = tmp / topic
-    logs = workdir / "logs"
-    logs.mkdir(parents=True)
+@dataclass
+class Scale:
+    files: int
+    client: str
+    start_seconds: float        # from the put of the value until every file's line is in Kafka
+    idle_share: float           # of a core, over IDLE_SECONDS with nothing written
+    rss_bytes: int
+    restart_seconds: float | None = None    # from the process start until every file's new line
+
+
+def make_scale_files(logs: Path, files: int, topic: str) -> list[dict]:
+    """FILES files of one line over SCALE_DIRS directories, one entry each."""
     entries = []
     for i in range(files):
-        path = logs / f"d{i % 50}" / f"f{i}.log"
-        path.parent.mkdir(exist_ok=True)
+        path = logs / f"d{i % SCALE_DIRS}" / f"f{i}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"one line\n")
         entries.append({"path": str(path), "topic": topic, "read_from": "beginning"})
-    agent, _, _ = ship_with_logship(etcd, kafka, workdir, entries, client, files, topic)
+    return entries
+
+
+def wait_topic(kafka: Kafka, topic: str, count: int, agent: Agent) -> None:
+    """Counted at the broker: a scrape of /metrics would itself cost the agent a stat per
+    file."""
     try:
+        wait_until(lambda: topic_size(kafka, topic) >= count, 900, f"{count} records in {topic}",
+                   step=0.5)
+    except AssertionError:
+        print(agent.log()[-3000:], file=sys.stderr)
+        raise
+
+
+def bench_scale(etcd: Etcd, kafka: Kafka, files: int, client: str, tmp: Path,
+                restart: bool) -> Scale:
+    """N files in one etcd value: the time until each has shipped its line; CPU and RSS
+    once idle; and, with `restart`, the agent stopped, a line appended to each file, and
+    the time from its start until every new line is in Kafka (resumed at saved offsets)."""
+    topic = f"scale-{files}-{client}"
+    workdir = tmp / topic
+    entries = make_scale_files(workdir / "logs", files, topic)
+    key = f"{topic}-key"
+    etcd.put(key, [])
+    agent = bench_agent(workdir, etcd, kafka, key, client).start()
+    try:
+        agent.wait_log(f"key={key} applied 0 entries", 60)
+        started = time.perf_counter()
+        etcd.put(key, entries)
+        wait_topic(kafka, topic, files, agent)
+        result = Scale(files, client, time.perf_counter() - started, 0.0, 0)
         time.sleep(5)                       # let the start-up settle; nothing is written
-        cpu, started = cpu_seconds(agent.proc.pid), time.monotonic()
+        cpu, quiet = cpu_seconds(agent.proc.pid), time.monotonic()
         time.sleep(IDLE_SECONDS)
-        share = (cpu_seconds(agent.proc.pid) - cpu) / (time.monotonic() - started)
-        return share, memory(agent.proc.pid, "VmRSS")
+        result.idle_share = (cpu_seconds(agent.proc.pid) - cpu) / (time.monotonic() - quiet)
+        result.rss_bytes = memory(agent.proc.pid, "VmRSS")
     finally:
-        agent.stop(60)
+        agent.stop(120)
+    if restart:
+        for entry in entries:
+            with open(entry["path"], "ab") as f:
+                f.write(b"after the restart\n")
+        started = time.perf_counter()
+        agent.start()
+        try:
+            wait_topic(kafka, topic, 2 * files, agent)
+            result.restart_seconds = time.perf_counter() - started
+        finally:
+            agent.stop(120)
+    return result
 
 
 # -- report -------------------------------------------------------------------------------
@@ -356,7 +409,8 @@ def machine() -> str:
             f"Linux {platform.release()}, Python {platform.python_version()}")
 
 
-def report(lines: int, size: int, results: list[Result], latency: dict, idle: dict) -> None:
+def report(lines: int, size: int, results: list[Result], latency: dict,
+           scale: list[Scale]) -> None:
     kcat = next(r for r in results if r.shipper.startswith("kcat"))
     print(f"{datetime.now(timezone.utc):%Y-%m-%d}, {machine()}")
     print(f"{lines:,} lines of {size} bytes in one file ({BUSY_FILES} busy files: "
@@ -372,11 +426,19 @@ def report(lines: int, size: int, results: list[Result], latency: dict, idle: di
     print("|---|---|---|")
     for client, (p50, p99) in latency.items():
         print(f"| {client} | {p50:.1f} | {p99:.1f} |")
-    print(f"\nidle, every file shipped, then {IDLE_SECONDS} s with nothing written:\n")
-    print("| files | client | CPU (share of a core) | RSS MiB |")
-    print("|---|---|---|---|")
-    for (files, client), (share, rss) in idle.items():
-        print(f"| {files:,} | {client} | {share:.2%} | {rss / 2**20:.0f} |")
+    report_scale(scale)
+
+
+def report_scale(scale: list[Scale]) -> None:
+    print(f"\n{SCALE_DIRS} directories of one-line files in one etcd value, read from the "
+          f"beginning; idle: {IDLE_SECONDS} s with nothing written:\n")
+    print("| files | client | all shipped s | idle CPU (share of a core) | RSS MiB | "
+          "restart: all followed s |")
+    print("|---|---|---|---|---|---|")
+    for s in scale:
+        restart = "" if s.restart_seconds is None else f"{s.restart_seconds:.1f}"
+        print(f"| {s.files:,} | {s.client} | {s.start_seconds:.1f} | {s.idle_share:.2%} | "
+              f"{s.rss_bytes / 2**20:.0f} | {restart} |")
 
 
 def throughput(etcd: Etcd, kafka: Kafka, path: Path, lines: int, busy: Path,
@@ -395,40 +457,64 @@ def throughput(etcd: Etcd, kafka: Kafka, path: Path, lines: int, busy: Path,
     return results
 
 
+def run_scale(etcd: Etcd, kafka: Kafka, tmp: Path) -> list[Scale]:
+    """Every size on the default client, the largest with a restart; the largest on
+    confluent-kafka too."""
+    largest = SCALE_FILES[-1]
+    runs = [(files, CLIENTS[0]) for files in SCALE_FILES] + [(largest, CLIENTS[1])]
+    return [progress(bench_scale(etcd, kafka, files, client, tmp, restart=files == largest))
+            for files, client in runs]
+
+
 def progress(result, *what):
     print(*what, result, file=sys.stderr, flush=True)
     return result
 
 
-def main() -> None:
-    lines = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
-    size = int(sys.argv[2]) if len(sys.argv) > 2 else 100
-    install_missing()
+@contextmanager
+def services():
+    """etcd and Kafka on free loopback ports, in a temporary folder also given to the runs."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         etcd, kafka = Etcd(tmp / "etcd"), Kafka(tmp / "kafka")
         etcd.start()
         kafka.start()
         try:
-            path = tmp / "bench.log"
-            make_file(path, lines, size)
-            busy = tmp / "busy"
-            busy_lines = make_busy_files(busy, size)
-            runs = [throughput(etcd, kafka, path, lines, busy, busy_lines, tmp, run)
-                    for run in range(ROUNDS)]
-            results = [min(same, key=lambda result: result.cpu_seconds) for same in zip(*runs)]
-            latency = {client: progress(bench_latency(etcd, kafka, client, tmp), client)
-                       for client in CLIENTS}
-            idle = {(files, client): progress(bench_idle(etcd, kafka, files, client, tmp), files)
-                    for files in (1000, 5000) for client in CLIENTS}
+            yield etcd, kafka, tmp
         finally:
             kafka.stop()
             etcd.stop()
-    report(lines, size, results, latency, idle)
+
+
+def main() -> None:
+    lines = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
+    size = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+    install_missing()
+    with services() as (etcd, kafka, tmp):
+        path = tmp / "bench.log"
+        make_file(path, lines, size)
+        busy = tmp / "busy"
+        busy_lines = make_busy_files(busy, size)
+        runs = [throughput(etcd, kafka, path, lines, busy, busy_lines, tmp, run)
+                for run in range(ROUNDS)]
+        results = [min(same, key=lambda result: result.cpu_seconds) for same in zip(*runs)]
+        latency = {client: progress(bench_latency(etcd, kafka, client, tmp), client)
+                   for client in CLIENTS}
+        scale = run_scale(etcd, kafka, tmp)
+    report(lines, size, results, latency, scale)
+
+
+def main_scale(files: int, client: str) -> None:
+    """`bench.py --scale N [CLIENT]`: the scale row alone, with a restart (for profiling)."""
+    with services() as (etcd, kafka, tmp):
+        result = bench_scale(etcd, kafka, files, client, tmp, restart=True)
+    report_scale([result])
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--bare-loop"]:
         bare_loop(*sys.argv[2:5])
+    elif sys.argv[1:2] == ["--scale"]:
+        main_scale(int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else CLIENTS[0])
     else:
         main()

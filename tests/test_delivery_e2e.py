@@ -98,7 +98,7 @@ def test_sigterm_then_restart_resends_nothing(etcd, kafka, make_agent, reader, k
     topic_reader.wait_for(has_all(5000), 60, "5000 numbers")
     assert agent.stop() == 0
     agent.start()
-    agent.wait_log(f"path={log} resuming at offset {log.stat().st_size}")
+    agent.wait_log(rf"path={log} topic=\S+: resuming at offset {log.stat().st_size}")
     with open(log, "ab") as f:
         f.write(numbered(5000, 1))
     topic_reader.wait_for(has_all(5001), 60, "the line written after the restart")
@@ -118,7 +118,7 @@ def test_partial_line_is_held_across_a_restart(etcd, kafka, make_agent, reader, 
     assert agent.stop() == 0
     assert [c["offset"] for c in agent.checkpoints()] == [6]   # never inside a line
     agent.start()
-    agent.wait_log(f"path={log} resuming at offset 6")
+    agent.wait_log(rf"path={log} topic=\S+: resuming at offset 6")
     with open(log, "ab") as f:
         f.write(b", part two\n")
     topic_reader.wait_count(2)

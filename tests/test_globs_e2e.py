@@ -112,7 +112,7 @@ def test_a_file_renamed_within_the_glob_resumes_at_its_offset(etcd, kafka, make_
     reader_ = reader(topic)
     ship_and_save(agent, reader_, app, b"one\ntwo\n")
     app.rename(logs / "app.log.1")
-    agent.wait_log(rf"path={logs}/app.log.1 resuming at offset 8")
+    agent.wait_log(rf"path={logs}/app.log.1 topic=\S+: resuming at offset 8")
     with (logs / "app.log.1").open("ab") as f:
         f.write(b"three\n")
     reader_.wait_for(lambda rs: any(r.value == b"three" for r in rs), 30, "three")

@@ -19,10 +19,11 @@ def test_counts_read_as_words():
 
 def test_a_json_line_names_the_key_path_and_topic_its_event_is_about():
     record = logging.LogRecord("logship.worker", logging.WARNING, __file__, 1,
-                               "worker started path=%s topic=%s", ("/var/log/a.log", "t"), None)
+                               "worker started path=%s topic=%s: %s",
+                               ("/var/log/a.log", "t", "opened at offset 0"), None)
     line = json.loads(JsonFormatter().format(record))
     assert line["level"] == "WARNING" and line["logger"] == "logship.worker"
-    assert line["message"] == "worker started path=/var/log/a.log topic=t"
+    assert line["message"] == "worker started path=/var/log/a.log topic=t: opened at offset 0"
     assert (line["path"], line["topic"]) == ("/var/log/a.log", "t")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+[+-]\d\d:\d\d", line["time"])
 

@@ -13,7 +13,7 @@ def tailer_for(path, read_from="beginning", saved=(), max_line=1024, chunk=4096)
     settings = TailSettings(chunk, max_line, close_rotated_after=1.0, close_removed_timeout=10.0,
                             allowed_paths=(str(path.parent) + "/**",))
     tailer = Tailer(str(path), settings)
-    stale = tailer.restore(saved, read_from, now=0.0)
+    stale, _ = tailer.restore(saved, read_from, now=0.0)
     return tailer, stale
 
 
