@@ -14,8 +14,12 @@ Starts its own etcd and Kafka on free loopback ports (tests/harness.py) and meas
   burst of other load would otherwise decide the ratios;
 - latency: lines appended at 1,000 lines/s, each carrying its write time; the broker
   stamps each record with its append time (message.timestamp.type=LogAppendTime);
-- idle: FILES files with one line each, all shipped, then CPU and RSS over 30 quiet
-  seconds; and the same for 5,000 files.
+- scale: 1,000, 5,000 and 10,000 one-line files in one etcd value, read from the
+  beginning: the time from the put until every file's line is in Kafka, then CPU and RSS
+  over 30 quiet seconds; for 10,000 (and on confluent-kafka too) the agent is then
+  stopped, a line appended to each file, and the time from its start until every new
+  line is in Kafka (every file resumed at its saved offset). `bench.py --scale N
+  [CLIENT]` runs one such row alone.
 
 kcat and rsyslog-kafka are Debian packages; the bench installs them when missing.
 Usage: .venv/bin/python scripts/bench.py [LINES] [SIZE]
