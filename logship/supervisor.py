@@ -33,6 +33,7 @@ of which hands the GIL over, and every other thread starting at the same time ma
 hand-overs slower (10,000 workers: 33 s at one, 51 s at eight). A start-up that hangs (an
 open on a dead NFS mount) holds back the starts behind it, as it would at any number."""
 STOPPING_AT_ONCE = 100
+GATE_WAIT = 1.0
 
 
 class Service(threading.Thread):
@@ -200,13 +201,14 @@ class Supervisor(Generic[K, S]):
         took minutes to start. So the gate is held closed while a round of children is
         created: each waits at it, blocked on a lock rather than runnable, and once all
         exist they pass a few at a time, each letting in the next when its start-up is
-        done."""
-        for _ in range(STARTING_AT_ONCE):
-            self._gate.acquire()
+        done. A start-up that does not end (a hung open) leaves the gate open rather than
+        stop the owner's loop: closing it waits GATE_WAIT at most."""
+        held = sum(self._gate.acquire(timeout=GATE_WAIT) for _ in range(STARTING_AT_ONCE))
         try:
             yield
         finally:
-            self._gate.release(STARTING_AT_ONCE)
+            if held:
+                self._gate.release(held)
 
     def _start(self, child: _Child[K, S]) -> bool:
         """A child that cannot even be built counts as crashed: the supervisor's owner
