@@ -6,7 +6,7 @@ owner's loop checks (no sleeping), and the delay grows with consecutive crashes 
 resets once the child has run stably. A dying thread reports its own exit, so the
 owner's loop looks only at children that ended, never at thousands of idle ones.
 
-Children start through a gate, a few at a time (see Supervisor._gate_closed): ten
+Children start through a gate, one at a time (see Supervisor._gate_closed): ten
 thousand threads created and starting at once spend their time handing the GIL around.
 """
 
@@ -200,7 +200,7 @@ class Supervisor(Generic[K, S]):
         interval (5 ms) or more per thread, growing with their number, and 10,000 workers
         took minutes to start. So the gate is held closed while a round of children is
         created: each waits at it, blocked on a lock rather than runnable, and once all
-        exist they pass a few at a time, each letting in the next when its start-up is
+        exist they pass STARTING_AT_ONCE at a time, each letting in the next when its start-up is
         done. A start-up that does not end (a hung open) leaves the gate open rather than
         stop the owner's loop: closing it waits GATE_WAIT at most."""
         held = sum(self._gate.acquire(timeout=GATE_WAIT) for _ in range(STARTING_AT_ONCE))
