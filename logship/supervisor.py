@@ -45,7 +45,7 @@ class Service(threading.Thread):
         self.failure: BaseException | None = None
         self.on_exit: Callable[[], None] = lambda: None
         # Held by serve() around its start-up (a worker: opening its file where it left
-        # off); the supervisor lets a few children through it at a time.
+        # off); the supervisor lets STARTING_AT_ONCE children through it at a time.
         self.start_gate: AbstractContextManager = nullcontext()
 
     def run(self) -> None:
@@ -200,9 +200,9 @@ class Supervisor(Generic[K, S]):
         interval (5 ms) or more per thread, growing with their number, and 10,000 workers
         took minutes to start. So the gate is held closed while a round of children is
         created: each waits at it, blocked on a lock rather than runnable, and once all
-        exist they pass STARTING_AT_ONCE at a time, each letting in the next when its start-up is
-        done. A start-up that does not end (a hung open) leaves the gate open rather than
-        stop the owner's loop: closing it waits GATE_WAIT at most."""
+        exist they pass STARTING_AT_ONCE at a time, each letting in the next when its
+        start-up is done. A start-up that does not end (a hung open) leaves the gate open
+        rather than stop the owner's loop: closing it waits GATE_WAIT at most."""
         held = sum(self._gate.acquire(timeout=GATE_WAIT) for _ in range(STARTING_AT_ONCE))
         try:
             yield
