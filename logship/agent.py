@@ -76,7 +76,7 @@ class Agent:
         self.store = CheckpointStore(config.state_dir, self.metrics.checkpoint_errors.inc)
         self._state_lock = StateLock(config.state_dir)
         self.watcher = DirWatcher()
-        self.sink = self._adopt_sink(open_sink(config.kafka, HOST, self._kafka_error))
+        self.sink = open_sink(config.kafka, HOST, self._kafka_error, config.name)
         self.source = EtcdSource(config.etcd)
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
@@ -135,7 +135,7 @@ class Agent:
         """This agent's status (any thread: /api/status, the status writer, a scrape)."""
         owners = self._owners()
         return document(self.identity, self.config.etcd.keys, self.sink.health.up,
-                        self.workers.states(), owners)
+                        self.workers.states(), owners, self.sink.delivery)
 
     def status_fingerprint(self) -> Hashable | None:
         """Cheap, so that 10,000 idle files cost no status rebuild (a stat and a dict each)
@@ -172,6 +172,7 @@ class Agent:
             self._shutdown()
 
     def _start(self) -> None:
+        self._adopt_sink(self.sink)
         self.watcher.start()
         self._config_subscription = self.watcher.subscribe(str(self.config_path),
                                                            self.request_reload)
@@ -235,8 +236,12 @@ class Agent:
         return plain | self.discovery.matched
 
     def _adopt_sink(self, sink: Sink) -> Sink:
+        """Once the store is loaded: an exactly-once sink reads the positions kept in
+        Kafka into it, and tombstones the files it forgets."""
         self.metrics.in_flight_bytes.set_function(lambda: sink.budget.used)
         self.metrics.kafka_up.set_function(lambda: int(sink.health.up))
+        self.store.on_forget = sink.forget
+        sink.start(self.store, self.metrics)
         return sink
 
     def _kafka_error(self, reason: str) -> None:
@@ -295,8 +300,8 @@ class Agent:
         try:
             # Strict: a misspelt setting would silently reset the real one to its default.
             new = load(self.config_path, strict=True)
-            sink = open_sink(new.kafka, HOST, self._kafka_error) \
-                if new.kafka != self.config.kafka else self.sink
+            sink = open_sink(new.kafka, HOST, self._kafka_error, new.name) \
+                if self._sink_changed(new) else self.sink
         except ConfigError as exc:
             self.metrics.config_reloads.labels("error").inc()
             log.error("config reload refused, keeping the running config: %s", exc)
@@ -316,6 +321,11 @@ class Agent:
                  self.config_path, changes, len(after - before), len(before - after),
                  f", {len(before & after)} restarted" if restarted else "",
                  " (files of added keys start as their values are read)" if keys_added else "")
+
+    def _sink_changed(self, new: Config) -> bool:
+        """Kafka settings, or with exactly-once the name: it is the transactional id."""
+        old = self.config
+        return new.kafka != old.kafka or (new.kafka.exactly_once and new.name != old.name)
 
     def _apply(self, new: Config, sink: Sink) -> bool:
         """True when the running workers were restarted (their settings changed)."""

@@ -74,6 +74,9 @@ class CheckpointStore:
         self._saved_version = 0
         self._saved = threading.Condition()
         self._save_wanted = threading.Event()
+        # Told of every file whose offset is dropped, so that exactly-once tombstones its
+        # position in Kafka too.
+        self.on_forget: Callable[[FileCheckpoint], None] = lambda checkpoint: None
 
     @property
     def version(self) -> int:
@@ -123,10 +126,13 @@ class CheckpointStore:
         it closed: a glob match that is a file renamed from another match resumes where
         that one was, whether its old worker still drains it or has just closed it."""
         with self._lock:
-            found = [self._entries[(topic, path)][(dev, ino)]
-                     for path in self._names.get((topic, dev, ino), ())]
+            found = self._same_file(topic, dev, ino)
             closed = self._closed.get((topic, dev, ino))
             return found or ([closed] if closed is not None else [])
+
+    def _same_file(self, topic: str, dev: int, ino: int) -> list[FileCheckpoint]:
+        return [self._entries[(topic, path)][(dev, ino)]
+                for path in self._names.get((topic, dev, ino), ())]
 
     def update(self, checkpoint: FileCheckpoint) -> None:
         with self._lock:
@@ -140,24 +146,55 @@ class CheckpointStore:
 
     def remove(self, checkpoint: FileCheckpoint) -> None:
         with self._lock:
-            files = self._entries.get(checkpoint.target, {})
-            removed = files.pop(checkpoint.identity, None)
+            removed = self._drop(checkpoint)
             if removed is not None:
-                self._unname(checkpoint)
                 self._remember_closed(removed)
                 self._version += 1
-                if not files:
-                    del self._entries[checkpoint.target]
+        if removed is not None:
+            self.on_forget(removed)
+
+    def _drop(self, checkpoint: FileCheckpoint) -> FileCheckpoint | None:
+        files = self._entries.get(checkpoint.target, {})
+        removed = files.pop(checkpoint.identity, None)
+        if removed is not None:
+            self._unname(checkpoint)
+            if not files:
+                del self._entries[checkpoint.target]
+        return removed
+
+    def adopt(self, positions: list[FileCheckpoint], finished: set[tuple[str, int, int]]) -> int:
+        """Exactly-once: the positions kept in Kafka, over those of state_dir, which may be
+        behind them (saved after the commits, or lost). An offset of state_dir that is
+        ahead stays: it was acknowledged at least once before exactly-once was switched
+        on. A file finished in Kafka is dropped. Returns how many positions were ahead."""
+        ahead = 0
+        with self._lock:
+            for topic, dev, ino in finished:
+                for path in list(self._names.get((topic, dev, ino), ())):
+                    self._drop(self._entries[(topic, path)][(dev, ino)])
+            for position in positions:
+                known = self._same_file(position.topic, position.dev, position.ino)
+                if any(checkpoint.offset >= position.offset for checkpoint in known):
+                    continue
+                for checkpoint in known:
+                    self._drop(checkpoint)
+                self._entries.setdefault(position.target, {})[position.identity] = position
+                self._name(position)
+                ahead += 1
+            self._version += 1
+        return ahead
 
     def expire(self, configured: set[tuple[str, str]]) -> None:
         """Forget files that are gone and whose (topic, path) is no longer configured."""
         with self._lock:
             stale = [target for target in self._entries
                      if target not in configured and not os.path.exists(target[1])]
-            for target in stale:
-                for cp in self._entries.pop(target).values():
-                    self._unname(cp)
+            forgotten = [cp for target in stale for cp in self._entries.pop(target).values()]
+            for cp in forgotten:
+                self._unname(cp)
             self._version += bool(stale)
+        for cp in forgotten:
+            self.on_forget(cp)
 
     def _name(self, cp: FileCheckpoint) -> None:
         self._names.setdefault((cp.topic, cp.dev, cp.ino), set()).add(cp.path)

@@ -29,7 +29,7 @@ from logship.checkpoint import check_state_dir
 from logship.config import Config, EtcdConfig, expand_key
 from logship.errors import EtcdUnavailable, LogshipError, SpecError
 from logship.etcd_source import ETCD_ERRORS, EtcdSession, EtcdSource, describe
-from logship.clients import reach_broker
+from logship.clients import check_positions, check_transactions, reach_broker
 from logship.spec import parse_value
 from logship.status import parse_documents, render
 
@@ -199,6 +199,11 @@ def _connect(config: Config, timeout: float) -> bool:
     probes += [_Probe(f"kafka {broker} ({config.kafka.client})",
                       partial(reach_broker, config.kafka, broker, timeout))
                for broker in config.kafka.bootstrap_servers]
+    if config.kafka.exactly_once:
+        probes += [_Probe("kafka transactions", partial(check_transactions, config.kafka,
+                                                        config.name, timeout)),
+                   _Probe(f"kafka offsets topic {config.kafka.offsets_topic}",
+                          partial(check_positions, config.kafka, config.name, timeout))]
     print(f"reaching {plural(len(probes), 'endpoint', 'endpoints')} at once, each within "
           f"{timeout:g}s ({timeout + CONNECT_GRACE:g}s in all)", flush=True)
     for probe in probes:

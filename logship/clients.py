@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from logship.errors import ConfigError, SinkError
 from logship.netprobe import tcp_failure
+from logship import transaction
+from logship.transaction import TransactionalSink, transactional_id
 
 if TYPE_CHECKING:
     from logship.config import KafkaConfig
@@ -46,9 +48,14 @@ def client_module(config: KafkaConfig) -> ModuleType:
                           f"kafka.client: kafka-python") from None
 
 
-def open_sink(config: KafkaConfig, host: bytes, on_error: OnError) -> Sink:
-    """The configured client's sink."""
-    return client_module(config).open_sink(config, host, on_error)
+def open_sink(config: KafkaConfig, host: bytes, on_error: OnError, name: str) -> Sink:
+    """The configured client's sink; with exactly-once, its records in transactions as
+    the agent `name`."""
+    module = client_module(config)
+    if not config.exactly_once:
+        return module.open_sink(config, host, on_error)
+    sink = module.open_sink(config, host, on_error, transactional_id(name))
+    return TransactionalSink(sink, module.transactions(sink), name)
 
 
 def check_settings(config: KafkaConfig) -> None:
@@ -64,3 +71,13 @@ def reach_broker(config: KafkaConfig, broker: str, timeout: float) -> str:
     if cause is not None:
         raise SinkError(cause)
     return client_module(config).reach_broker(config, broker, timeout)
+
+
+def check_transactions(config: KafkaConfig, name: str, timeout: float) -> str:
+    """`logship check --connect` at exactly-once: the brokers take transactions."""
+    return transaction.check_transactions(client_module(config), config, name, timeout)
+
+
+def check_positions(config: KafkaConfig, name: str, timeout: float) -> str:
+    """`logship check --connect` at exactly-once: the offsets topic is readable, writable."""
+    return transaction.check_positions(client_module(config), config, name, timeout)

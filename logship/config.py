@@ -21,12 +21,14 @@ import yaml
 from logship.errors import ConfigError
 from logship.globs import compile_glob
 from logship.logs import did_you_mean, shown
-from logship.spec import Target, check_allowed, parse_entry, split_host_port
+from logship.spec import Target, check_allowed, parse_entry, split_host_port, valid_topic
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ALLOWED_PATHS = ("/var/log/**",)
 CLIENTS = ("kafka-python", "confluent-kafka")
+DELIVERIES = ("at-least-once", "exactly-once")
+TRANSACTIONAL_NAME = re.compile(r"[!-~]{1,200}")
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -64,6 +66,13 @@ class KafkaConfig:
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)
+    delivery: str = "at-least-once"
+    transaction_interval: float = 0.2
+    offsets_topic: str = "logship-offsets"
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.delivery == "exactly-once"
 
 
 @dataclass(frozen=True)
@@ -365,9 +374,40 @@ def _kafka(section: _Section, base_dir: Path) -> KafkaConfig:
         sasl_mechanism=section.get("sasl_mechanism", _one_of(SASL_MECHANISMS), None),
         sasl_username=section.get("sasl_username", _str, None),
         sasl_password=_secret_field(section, "sasl_password", base_dir),
+        delivery=section.get("delivery", _one_of(DELIVERIES), "at-least-once"),
+        transaction_interval=section.get("transaction_interval", _between(0.01, 60.0), 0.2),
+        offsets_topic=section.get("offsets_topic", _topic, "logship-offsets"),
     )
     _check_kafka_security(config, section)
     return config
+
+
+def _between(low: float, high: float) -> Callable[[Any, str], float]:
+    def convert(value: Any, name: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not low <= value <= high:
+            raise ConfigError(f"{name}: must be a number from {low:g} to {high:g}, "
+                              f"got {shown(value)}")
+        return float(value)
+    return convert
+
+
+def _topic(value: Any, name: str) -> str:
+    topic = _str(value, name)
+    if not valid_topic(topic):
+        raise ConfigError(f"{name}: not a valid Kafka topic name (letters, digits, '.', '_', "
+                          f"'-', at most 249), got {shown(topic)}")
+    return topic
+
+
+def _check_transactional_id(config: Config, section: _Section) -> None:
+    """Exactly-once writes as the transactional id logship-<agent.name>; a name Kafka
+    would take but an operator could not type (spaces, control characters) is refused."""
+    if config.kafka.exactly_once and not TRANSACTIONAL_NAME.fullmatch(config.name):
+        raise ConfigError(f"{section.field('name')}: kafka.delivery: exactly-once uses "
+                          f"logship-<agent.name> as the Kafka transactional id; the name must "
+                          f"be 1-200 printable characters without spaces, got "
+                          f"{shown(config.name)}")
 
 
 def _check_kafka_security(config: KafkaConfig, section: _Section) -> None:
@@ -474,6 +514,7 @@ def parse_config(data: Any, base_dir: Path) -> Config:
             check_allowed(target, config.allowed_paths)
         except ValueError as exc:
             raise ConfigError(f"logs[{index}]: {exc}") from None
+    _check_transactional_id(config, sections["agent"])
     unknown = root.unknown() + [w for s in sections.values() for w in s.unknown()]
     return replace(config, warnings=tuple(unknown))
 

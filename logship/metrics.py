@@ -15,8 +15,8 @@ import threading
 from typing import Any, Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Info, ProcessCollector,
-                               disable_created_metrics, make_wsgi_app)
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info,
+                               ProcessCollector, disable_created_metrics, make_wsgi_app)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -76,6 +76,16 @@ class Metrics:
                                     "Signs of a Kafka outage, by reason (no_ack, metadata, "
                                     "transport, resolve, timeout, all_brokers_down, queue_full).",
                                     ["reason"], registry=r)
+        self.transactions = Counter("logship_kafka_transactions",
+                                    "Kafka transactions ended (kafka.delivery: exactly-once), by "
+                                    "result (committed, aborted).", ["result"], registry=r)
+        self.transaction_seconds = Histogram(
+            "logship_kafka_transaction_commit_seconds",
+            "Time to commit a transaction, the positions written with it.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
+        self.transaction_records = Histogram(
+            "logship_kafka_transaction_records", "Records per committed transaction.",
+            buckets=(1, 10, 100, 1000, 5000, 10_000, 25_000, 50_000, 100_000), registry=r)
         self.checkpoint_errors = Counter("logship_checkpoint_save_errors",
                                          "Failed saves of the read offsets to state_dir.",
                                          registry=r)

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 from logship.netprobe import TlsFiles, endpoint_failure
 
 if TYPE_CHECKING:
+    from logship.checkpoint import CheckpointStore, FileCheckpoint
     from logship.config import KafkaConfig
+    from logship.metrics import Metrics
     from logship.spec import Target
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,9 @@ STALL_AFTER = 10.0
 EXPLAIN_TIMEOUT = 5.0
 NOT_CREATED = ("the topic does not exist and Kafka did not create it when written to "
                "(auto.create.topics.enable=false?): create it")
+POSITIONS_PARTITIONS = 25       # Kafka Connect's offset.storage.partitions
+POSITIONS_CONFIGS = {"cleanup.policy": "compact"}
+BROKER_DEFAULT = -1             # replication factor: the cluster's default.replication.factor
 NOT_AUTHORIZED = ("Topic authorization failed (TOPIC_AUTHORIZATION_FAILED): grant the agent's "
                   "principal Write on the topic")
 
@@ -68,13 +73,18 @@ class Sent:
 
 @dataclass(frozen=True)
 class Job:
-    """A batch of one worker's lines for the client."""
+    """A batch of one worker's lines for the client. `position` is the file's position
+    after the batch's last line and `epoch` the sink's epoch the worker read from, both
+    for exactly-once: the position goes into the batch's transaction, and a batch from
+    before an abort is refused."""
 
     topic: str
     envelope: Envelope
     lines: Sequence[bytes]
     offsets: Sequence[int]
     wake: Wake
+    position: FileCheckpoint | None = None
+    epoch: int = 0
 
 
 @dataclass
@@ -217,6 +227,11 @@ class Sink(ABC):
     headers (measured with 100 busy files). Counted against kafka.buffer_bytes and
     files.max_in_flight_bytes, so that many busy files of short lines stay within them."""
 
+    epoch = 0
+    """Moves when what was sent since the last commit is void (an aborted transaction,
+    positions read again from Kafka): a worker then reads again from its saved offsets.
+    Always 0 at least once."""
+
     def __init__(self, config: KafkaConfig, host: bytes, on_error: OnError) -> None:
         self.config = config
         self.budget = InFlightBudget(config.buffer_bytes)
@@ -239,16 +254,37 @@ class Sink(ABC):
             if options.format == "raw" else ()
         return Envelope(key, (("path", path), ("host", self.host)), tail)
 
-    def send(self, topic: str, envelope: Envelope, lines: Sequence[bytes],
-             offsets: Sequence[int], wake: Wake) -> Sent:
+    def send(self, job: Job) -> Sent:
         """On a worker's thread: hand lines over in order, one worker at a time; `wake`
         is called (on any thread) when the batch is settled. Stops early when Kafka cannot
         take records now (`Sent.unavailable`) or refuses the topic (`Sent.refused`)."""
-        early = self.prepare(topic)
+        early = self.prepare(job.topic)
         if early is not None:
             return early
         with self._client_lock:
-            return self._produce_job(Job(topic, envelope, lines, offsets, wake))
+            return self._produce_job(job)
+
+    def start(self, store: CheckpointStore, metrics: Metrics) -> None:
+        """Called once the agent adopts the sink, before any worker uses it."""
+
+    def wait_ready(self, stopping: threading.Event) -> bool:
+        """Block until workers may read their offsets from the store (exactly-once: once
+        the positions kept in Kafka are in it). False if `stopping` was set first."""
+        return not stopping.is_set()
+
+    def hurry(self) -> None:
+        """A worker waits for acknowledgements to read on (its in-flight bound, or the
+        agent's): at least once they come by themselves."""
+
+    def note_positions(self, positions: Sequence[FileCheckpoint]) -> None:
+        """Files opened at these positions, no line of them sent yet."""
+
+    def forget(self, checkpoint: FileCheckpoint) -> None:
+        """A file is finished: rotated away and drained, gone, or no longer wanted."""
+
+    @property
+    def delivery(self) -> str:
+        return self.config.delivery
 
     def prepare(self, topic: str) -> Sent | None:
         """Before the client's lock is taken: anything that may block for one topic (a
@@ -290,6 +326,73 @@ class Sink(ABC):
     @abstractmethod
     def close(self, timeout: float) -> None:
         """Flush what can be flushed within timeout, then release the client."""
+
+
+class TransactionFailed(Exception):
+    """A transactional call failed. `fatal`: the producer can do nothing more; it is
+    replaced and the positions are read again. `fenced`: fatal because another producer
+    took the transactional id. Otherwise the open transaction is aborted and the loop
+    goes on."""
+
+    def __init__(self, cause: str, fatal: bool = False, fenced: bool = False) -> None:
+        super().__init__(cause)
+        self.fatal = fatal or fenced
+        self.fenced = fenced
+
+
+class Transactions(ABC):
+    """What the transaction loop needs of a client (exactly-once): each client maps only
+    its own transactional calls and errors (TransactionFailed) onto these. The loop calls
+    them under the sink's lock, so no record is produced while a transaction ends."""
+
+    @abstractmethod
+    def init(self, timeout: float) -> bool:
+        """Take the transactional id: aborts what a previous producer with it left open
+        and fences that producer off. False when Kafka did not answer within timeout."""
+
+    @abstractmethod
+    def begin(self) -> None:
+        """Open a transaction; records produced from now on belong to it."""
+
+    @abstractmethod
+    def produce_position(self, topic: str, partition: int, key: bytes,
+                         value: bytes | None) -> None:
+        """A position record (None: a tombstone) into the open transaction."""
+
+    @abstractmethod
+    def commit(self, timeout: float) -> bool:
+        """Commit the open transaction; False when it has not ended within timeout (call
+        again: it goes on in the background)."""
+
+    @abstractmethod
+    def abort(self, timeout: float) -> bool:
+        """Abort the open transaction; False when it has not ended within timeout."""
+
+    @abstractmethod
+    def renew(self) -> None:
+        """Replace the producer after a fenced or fatal error; init() follows."""
+
+    @abstractmethod
+    def positions_partitions(self, topic: str, timeout: float) -> int:
+        """The partition count of the positions topic, created (compacted) when missing;
+        TransactionFailed naming the permission when it can be neither read nor made."""
+
+    @abstractmethod
+    def read_positions(self, topic: str, partition: int,
+                       timeout: float) -> list[tuple[bytes, bytes | None]]:
+        """Every committed (key, value) of one partition, oldest first, read up to its end
+        as a read_committed consumer."""
+
+
+def positions_not_created(topic: str, why: str) -> str:
+    return (f"kafka.offsets_topic {topic}: missing, and Kafka did not create it ({why}): grant "
+            f"the agent's principal Create on the topic (or the cluster), or create it with "
+            f"cleanup.policy=compact")
+
+
+def positions_unreadable(topic: str, why: str) -> str:
+    return (f"kafka.offsets_topic {topic}: cannot be read ({why}): the agent's principal needs "
+            f"Read and Write on the topic")
 
 
 def line_failures(failed: list[tuple[int, BaseException]],

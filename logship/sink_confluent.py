@@ -14,16 +14,20 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer,
+                             TopicPartition)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from logship.errors import ConfigError, SinkError
-from logship.sink import (EXPLAIN_TIMEOUT, NOT_AUTHORIZED, NOT_CREATED, Envelope, Job, OnError,
-                          Resent, Sent, Sink, Wake, line_failures, managed_security,
-                          security_settings)
+from logship.sink import (BROKER_DEFAULT, EXPLAIN_TIMEOUT, NOT_AUTHORIZED, NOT_CREATED,
+                          POSITIONS_CONFIGS, POSITIONS_PARTITIONS, Envelope, Job, OnError,
+                          Resent, Sent, Sink, TransactionFailed, Transactions, Wake,
+                          line_failures, managed_security, positions_not_created,
+                          positions_unreadable, security_settings)
 from logship.supervisor import Service
 
 if TYPE_CHECKING:
@@ -55,6 +59,7 @@ MANAGED = {
     "delivery.timeout.ms": "nothing: lines are held until Kafka takes them",
     "on_delivery": "nothing: logship tracks deliveries itself",
     "error_cb": "nothing: logship reports errors itself",
+    "transactional.id": "kafka.delivery: exactly-once (the id is logship-<agent.name>)",
 }
 # topic.metadata.propagation.max.ms: records to a topic Kafka does not create fail after
 # 5 s (not 30 s), well before an unacknowledged batch counts as a Kafka-wide outage; the
@@ -65,6 +70,8 @@ TOPIC_ERRORS = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
 UNAVAILABLE = {KafkaError._ALL_BROKERS_DOWN: "all_brokers_down", KafkaError._TRANSPORT: "transport",
                KafkaError._RESOLVE: "resolve", KafkaError._TIMED_OUT: "timeout"}
 REFUSED = {KafkaError._AUTHENTICATION: "authentication", KafkaError._SSL: "tls"}
+FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+          KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
 POLL_TIMEOUT = 0.5
 BROKER_PREFIX = re.compile(r"^\w+://[^/ ]+/\S+: | \(after \d+ms in state \w+\)$")
 
@@ -192,12 +199,18 @@ class ConfluentSink(Sink):
     record_cost = 1500      # librdkafka's message with its own copies of key and headers,
                             # allocated on the workers' threads (measured, 100 busy files)
 
-    def __init__(self, config: KafkaConfig, host: bytes, on_error: OnError) -> None:
+    def __init__(self, config: KafkaConfig, host: bytes, on_error: OnError,
+                 transactional_id: str | None = None) -> None:
         super().__init__(config, host, on_error)
         self._lock = threading.Lock()
         self._isolation: Producer | None = None
         self._fatal: KafkaError | None = None
-        self.producer = self._new_producer({"error_cb": self._on_error})
+        self._own: dict[str, Any] = {"error_cb": self._on_error}
+        if transactional_id:
+            # a fenced producer is said once, by the transaction loop: librdkafka's own
+            # critical lines would say it twice more
+            self._own |= {"transactional.id": transactional_id, "log_level": 1}
+        self.producer = self._new_producer(self._own)
         self._poller = _Poller(self)
         self._poller.start()
 
@@ -224,8 +237,11 @@ class ConfluentSink(Sink):
 
     def on_fatal(self, error: KafkaError) -> None:
         """An idempotent producer that hit a fatal error (the broker refused it the right
-        to write, say) fails every later record: the next send() replaces it."""
+        to write, say) fails every later record: the next send() replaces it. A
+        transactional one is replaced by the transaction loop, which says why."""
         self._fatal = error
+        if "transactional.id" in self._own:
+            return
         self.health.unavailable("fatal", f"{','.join(self.config.bootstrap_servers)}: "
                                          f"{BROKER_PREFIX.sub('', error.str())}")
 
@@ -234,17 +250,26 @@ class ConfluentSink(Sink):
         with self._lock:
             if self._fatal is None:
                 return
-            old, self._fatal = self.producer, None
-            self.producer = self._new_producer({"error_cb": self._on_error})
+            self._renew()
+        log.warning("Kafka producer replaced after a fatal error")
+
+    def _renew(self) -> None:
+        old, self._fatal = self.producer, None
+        self.producer = self._new_producer(self._own)
         old.purge()
         old.poll(0)
-        log.warning("Kafka producer replaced after a fatal error")
+
+    def renew(self) -> None:
+        """A transactional producer that was fenced or failed: the transaction loop
+        replaces it (and takes the transactional id again) itself."""
+        with self._lock:
+            self._renew()
 
     def is_too_large(self, error: BaseException) -> bool:
         return _code(error) in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD)
 
     def _produce_job(self, job: Job) -> Sent:
-        if self._fatal is not None:
+        if self._fatal is not None and "transactional.id" not in self._own:
             self._replace_fatal_producer()
         sent = Sent(0)
         batch = BatchDelivery(sent.skipped, job.wake, self.health.available)
@@ -277,7 +302,7 @@ class ConfluentSink(Sink):
     def explain_topic(self, topic: str, error: BaseException | None) -> str | None:
         if _code(error) == KafkaError.TOPIC_AUTHORIZATION_FAILED:
             return NOT_AUTHORIZED
-        admin = AdminClient(_settings(self.config, {"log_level": 0}))  # a producer handle
+        admin = self.admin()
         future = admin.create_topics([NewTopic(topic)], validate_only=True,
                                      request_timeout=EXPLAIN_TIMEOUT)[topic]
         try:
@@ -339,5 +364,114 @@ class ConfluentSink(Sink):
             log.warning("Kafka did not acknowledge %d record(s) within %.0fs", remaining, timeout)
 
 
-def open_sink(config: KafkaConfig, host: bytes, on_error: OnError) -> Sink:
-    return ConfluentSink(config, host, on_error)
+    def admin(self) -> AdminClient:
+        return AdminClient(_settings(self.config, {"log_level": 0}))   # a producer handle
+
+    def consumer(self, settings: dict[str, Any]) -> Consumer:
+        config = self.config
+        return Consumer({**security_settings(config, SECURITY),
+                         "bootstrap.servers": ",".join(config.bootstrap_servers),
+                         "enable.auto.commit": False, "logger": log, "log_level": 2,
+                         **settings})
+
+
+class ConfluentTransactions(Transactions):
+    """librdkafka's transactional producer: its calls take a timeout, and its errors say
+    themselves whether to retry, abort, or give the producer up."""
+
+    def __init__(self, sink: ConfluentSink) -> None:
+        self._sink = sink
+
+    def init(self, timeout: float) -> bool:
+        return self._call("taking the transactional id", self._sink.producer.init_transactions,
+                          timeout)
+
+    def begin(self) -> None:
+        try:
+            self._sink.producer.begin_transaction()
+        except KafkaException as exc:
+            raise TransactionFailed(f"beginning a transaction: {_describe(exc)}", fatal=True,
+                                    fenced=_code(exc) in FENCED) from None
+
+    def produce_position(self, topic: str, partition: int, key: bytes,
+                         value: bytes | None) -> None:
+        try:
+            self._sink.producer.produce(topic, value, key, partition=partition)
+        except (KafkaException, BufferError) as exc:
+            raise TransactionFailed(f"writing a position to {topic}: {_describe(exc)}") from None
+
+    def commit(self, timeout: float) -> bool:
+        return self._call("committing", self._sink.producer.commit_transaction, timeout)
+
+    def abort(self, timeout: float) -> bool:
+        return self._call("aborting", self._sink.producer.abort_transaction, timeout)
+
+    def _call(self, doing: str, call: Callable[[float], None], timeout: float) -> bool:
+        """False when the call timed out and may be made again."""
+        try:
+            call(timeout)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.retriable() and not error.txn_requires_abort():
+                return False
+            raise TransactionFailed(f"{doing}: {error.str()}", fatal=not error.txn_requires_abort(),
+                                    fenced=error.code() in FENCED) from None
+        return True
+
+    def renew(self) -> None:
+        self._sink.renew()
+
+    def positions_partitions(self, topic: str, timeout: float) -> int:
+        admin = self._sink.admin()
+        try:
+            metadata = admin.list_topics(timeout=timeout)
+            if topic not in metadata.topics:
+                future = admin.create_topics([NewTopic(topic, POSITIONS_PARTITIONS,
+                                                       BROKER_DEFAULT, config=POSITIONS_CONFIGS)],
+                                             request_timeout=timeout)[topic]
+                try:
+                    future.result(timeout)
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                        raise TransactionFailed(positions_not_created(topic, _describe(exc))) \
+                            from None
+                metadata = admin.list_topics(topic, timeout=timeout)
+        except KafkaException as exc:
+            raise TransactionFailed(positions_unreadable(topic, _describe(exc))) from None
+        described = metadata.topics[topic]
+        if described.error is not None:
+            raise TransactionFailed(positions_unreadable(topic, described.error.str()))
+        return len(described.partitions)
+
+    def read_positions(self, topic: str, partition: int,
+                       timeout: float) -> list[tuple[bytes, bytes | None]]:
+        consumer = self._sink.consumer({"group.id": "logship-positions",
+                                        "isolation.level": "read_committed",
+                                        "enable.partition.eof": True})
+        records: list[tuple[bytes, bytes | None]] = []
+        deadline = time.monotonic() + timeout
+        try:
+            consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+            while True:
+                if time.monotonic() > deadline:
+                    raise TransactionFailed(positions_unreadable(
+                        topic, f"not read to its end within {timeout:g}s"))
+                for message in consumer.consume(1000, 0.2):
+                    error = message.error()
+                    if error is None:
+                        records.append((message.key(), message.value()))
+                    elif error.code() == KafkaError._PARTITION_EOF:
+                        return records
+                    else:
+                        raise TransactionFailed(positions_unreadable(topic, error.str()))
+        finally:
+            consumer.close()
+
+
+def open_sink(config: KafkaConfig, host: bytes, on_error: OnError,
+              transactional_id: str | None = None) -> ConfluentSink:
+    return ConfluentSink(config, host, on_error, transactional_id)
+
+
+def transactions(sink: ConfluentSink) -> Transactions:
+    return ConfluentTransactions(sink)

@@ -10,20 +10,26 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.errors import (AuthorizationError, InvalidTopicError, KafkaConnectionError,
-                          KafkaError, KafkaTimeoutError, MessageSizeTooLargeError,
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import (AuthorizationError, InvalidProducerEpochError, InvalidTopicError,
+                          KafkaConnectionError, KafkaError, KafkaTimeoutError,
+                          MessageSizeTooLargeError, ProducerFencedError,
                           RecordListTooLargeError, SaslAuthenticationFailedError,
                           TopicAlreadyExistsError, TopicAuthorizationFailedError,
+                          TransactionalIdAuthorizationFailedError,
                           UnknownTopicOrPartitionError, for_code)
 from kafka.partitioner.default import DefaultPartitioner
 from kafka.producer.future import FutureRecordMetadata
 
 from logship.errors import ConfigError, SinkError
-from logship.sink import (EXPLAIN_TIMEOUT, NOT_AUTHORIZED, NOT_CREATED, Envelope, Job, OnError,
-                          Resent, Sent, Sink, line_failures, managed_security,
+from logship.sink import (BROKER_DEFAULT, EXPLAIN_TIMEOUT, NOT_AUTHORIZED, NOT_CREATED,
+                          POSITIONS_CONFIGS, POSITIONS_PARTITIONS, Envelope, Job, OnError,
+                          Resent, Sent, Sink, TransactionFailed, Transactions, line_failures,
+                          managed_security, positions_not_created, positions_unreadable,
                           security_settings)
 
 if TYPE_CHECKING:
@@ -53,12 +59,15 @@ MANAGED = {
     "key_serializer": "nothing: keys are the file paths",
     "partitioner": "nothing: records are partitioned by their key, the file's path",
     "value_serializer": "nothing: values are the lines",
+    "transactional_id": "kafka.delivery: exactly-once (the id is logship-<agent.name>)",
 }
 DEFAULTS = {"linger_ms": 5, "batch_size": 256 * 1024}
+DISCARD_WAIT = 5.0
 HELD = 2**31 - 1        # delivery_timeout_ms: an outage holds lines, it never fails them
 CONNECTIONS_LOG = logging.getLogger("kafka.net")
 REFUSALS = (SaslAuthenticationFailedError, AuthorizationError, ssl.SSLError)
 TOPIC_ERRORS = (UnknownTopicOrPartitionError, TopicAuthorizationFailedError, InvalidTopicError)
+FENCED = (ProducerFencedError, InvalidProducerEpochError, TransactionalIdAuthorizationFailedError)
 
 
 class ConnectionErrors(logging.Handler):
@@ -176,6 +185,19 @@ def _version(config: KafkaConfig) -> tuple[int, ...]:
     return tuple(int(part) for part in config.api_version.split("."))
 
 
+def _discard(producer: KafkaProducer) -> None:
+    """Close a producer without waiting for its records, which fail (their workers send
+    them again). kafka-python's close(timeout=0) raises instead while records are
+    pending, and leaves its I/O thread running: the thread is stopped first."""
+    sender = producer._sender
+    sender.force_close()
+    sender.join(DISCARD_WAIT)
+    try:
+        producer.close(timeout=0)
+    except KafkaError as exc:
+        log.warning("closing a Kafka producer given up: %s", exc)
+
+
 class FutureDelivery:
     """A batch's futures, in send order, beside the lines skipped at send time."""
 
@@ -192,13 +214,15 @@ class FutureDelivery:
 
 
 class KafkaPythonSink(Sink):
-    def __init__(self, config: KafkaConfig, host: bytes, on_error: OnError) -> None:
+    def __init__(self, config: KafkaConfig, host: bytes, on_error: OnError,
+                 transactional_id: str | None = None) -> None:
         super().__init__(config, host, on_error)
         self._lock = threading.Lock()
+        self._transactional = {"transactional_id": transactional_id} if transactional_id else {}
         # before the producer, which connects at once
         self._connection_errors = ConnectionErrors(_sasl(config), self._on_connection_error).attach()
         try:
-            self._producer = self._new_producer()
+            self._producer = self._new_producer(**self._transactional)
         except ConfigError:
             self._connection_errors.detach()
             raise
@@ -290,14 +314,9 @@ class KafkaPythonSink(Sink):
     def explain_topic(self, topic: str, error: BaseException | None) -> str | None:
         if isinstance(error, TopicAuthorizationFailedError):
             return NOT_AUTHORIZED
-        config = self.config
         admin = None
         try:
-            admin = KafkaAdminClient(bootstrap_servers=list(config.bootstrap_servers),
-                                     api_version=_version(config),
-                                     request_timeout_ms=int(EXPLAIN_TIMEOUT * 1000),
-                                     bootstrap_timeout_ms=int(EXPLAIN_TIMEOUT * 1000),
-                                     **security_settings(config, SECURITY))
+            admin = self.admin(EXPLAIN_TIMEOUT)
             answer = admin.create_topics([topic], validate_only=True, raise_errors=False)
         except KafkaError:
             return None
@@ -322,7 +341,7 @@ class KafkaPythonSink(Sink):
             self._generation += 1
         log.warning("Kafka refused a record as too large; producer rebuilt (broker limit "
                     "below kafka.max_request_size?)")
-        old.close(timeout=0)
+        _discard(old)
 
     def resend_alone(self, topic: str, envelope: Envelope, lines: Sequence[bytes],
                      offsets: Sequence[int], timeout: float) -> Resent:
@@ -362,5 +381,152 @@ class KafkaPythonSink(Sink):
                 log.warning("closing the Kafka producer: %s", exc)
 
 
-def open_sink(config: KafkaConfig, host: bytes, on_error: OnError) -> Sink:
-    return KafkaPythonSink(config, host, on_error)
+    def renew(self) -> None:
+        """A transactional producer that was fenced or failed can do nothing more."""
+        with self._lock:
+            old, self._producer = self._producer, self._new_producer(**self._transactional)
+            self._generation += 1
+        _discard(old)
+
+    def admin(self, timeout: float) -> KafkaAdminClient:
+        config = self.config
+        return KafkaAdminClient(bootstrap_servers=list(config.bootstrap_servers),
+                                api_version=_version(config),
+                                request_timeout_ms=int(timeout * 1000),
+                                bootstrap_timeout_ms=int(timeout * 1000),
+                                **security_settings(config, SECURITY))
+
+    def consumer(self, timeout: float, **settings: Any) -> KafkaConsumer:
+        config = self.config
+        return KafkaConsumer(bootstrap_servers=list(config.bootstrap_servers),
+                             api_version=_version(config), request_timeout_ms=int(timeout * 1000),
+                             enable_auto_commit=False, **settings,
+                             **security_settings(config, SECURITY))
+
+
+class KafkaPythonTransactions(Transactions):
+    """kafka-python's transactional producer. Its commit_transaction() and
+    abort_transaction() wait without a bound (for ever while Kafka is down), so the end
+    of a transaction is begun and awaited here as they do it, with a bound: the same
+    two calls on its transaction manager (kafka-python is pinned, 3.0.12)."""
+
+    def __init__(self, sink: KafkaPythonSink) -> None:
+        self._sink = sink
+        self._ending: Any = None
+
+    def init(self, timeout: float) -> bool:
+        try:
+            self._sink._producer.init_transactions()       # waits max_block_ms at most
+        except KafkaTimeoutError:
+            return False
+        except KafkaError as exc:
+            raise self._failed(exc, "taking the transactional id") from None
+        return True
+
+    def begin(self) -> None:
+        try:
+            self._sink._producer.begin_transaction()
+        except KafkaError as exc:
+            raise self._failed(exc, "beginning a transaction", fatal=True) from None
+
+    def produce_position(self, topic: str, partition: int, key: bytes,
+                         value: bytes | None) -> None:
+        try:
+            self._sink._producer.send(topic, value=value, key=key, partition=partition)
+        except KafkaError as exc:
+            raise self._failed(exc, f"writing a position to {topic}") from None
+
+    def commit(self, timeout: float) -> bool:
+        return self._end(True, timeout)
+
+    def abort(self, timeout: float) -> bool:
+        return self._end(False, timeout)
+
+    def _end(self, commit: bool, timeout: float) -> bool:
+        producer = self._sink._producer
+        if self._ending is None:
+            manager = producer._transaction_manager
+            try:
+                self._ending = manager.begin_commit() if commit else manager.begin_abort()
+            except KafkaError as exc:
+                raise self._failed(exc, "committing" if commit else "aborting") from None
+            producer._sender.wakeup()
+        try:
+            done = self._ending.wait(timeout_ms=timeout * 1000)
+        except KafkaError as exc:
+            self._ending = None
+            raise self._failed(exc, "committing" if commit else "aborting") from None
+        if done:
+            self._ending = None
+        return done
+
+    def _failed(self, exc: KafkaError, doing: str, fatal: bool = False) -> TransactionFailed:
+        """kafka-python wraps the error that put the producer in its error state (a
+        ProducerFencedError) in a generic one: the cause is that error."""
+        manager = self._sink._producer._transaction_manager
+        error = manager.last_error or exc
+        fenced = any(isinstance(e, FENCED) for e in (exc, error, *exc.args))
+        return TransactionFailed(f"{doing}: {error!r}", fatal or manager.has_fatal_error(),
+                                 fenced)
+
+    def renew(self) -> None:
+        self._ending = None
+        self._sink.renew()
+
+    def positions_partitions(self, topic: str, timeout: float) -> int:
+        admin = None
+        try:
+            admin = self._sink.admin(timeout)
+            if topic not in admin.list_topics():
+                answer = admin.create_topics([NewTopic(topic, POSITIONS_PARTITIONS,
+                                                       BROKER_DEFAULT,
+                                                       topic_configs=POSITIONS_CONFIGS)],
+                                             raise_errors=False)
+                [result] = answer["topics"]
+                code = result["error_code"]
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    raise TransactionFailed(positions_not_created(
+                        topic, result["error_message"] or for_code(code).__name__))
+            [described] = admin.describe_topics([topic])
+        except KafkaError as exc:
+            raise TransactionFailed(f"kafka.offsets_topic {topic}: {exc}") from None
+        finally:
+            if admin is not None:
+                admin.close()
+        if described.get("error_code"):
+            raise TransactionFailed(positions_unreadable(
+                topic, for_code(described["error_code"]).__name__))
+        return len(described["partitions"])
+
+    def read_positions(self, topic: str, partition: int,
+                       timeout: float) -> list[tuple[bytes, bytes | None]]:
+        consumer = None
+        records: list[tuple[bytes, bytes | None]] = []
+        try:
+            consumer = self._sink.consumer(timeout, isolation_level="read_committed")
+            where = TopicPartition(topic, partition)
+            consumer.assign([where])
+            consumer.seek_to_beginning(where)
+            end = consumer.end_offsets([where])[where]
+            deadline = time.monotonic() + timeout
+            while consumer.position(where) < end:
+                if time.monotonic() > deadline:
+                    raise TransactionFailed(positions_unreadable(
+                        topic, f"not read to its end (offset {end}) within {timeout:g}s"))
+                for batch in consumer.poll(timeout_ms=200).values():
+                    records.extend((record.key, record.value) for record in batch)
+        except KafkaError as exc:
+            raise TransactionFailed(positions_unreadable(topic, str(exc))) from None
+        finally:
+            if consumer is not None:
+                consumer.close()
+        return records
+
+
+def open_sink(config: KafkaConfig, host: bytes, on_error: OnError,
+              transactional_id: str | None = None) -> KafkaPythonSink:
+    return KafkaPythonSink(config, host, on_error, transactional_id)
+
+
+def transactions(sink: KafkaPythonSink) -> Transactions:
+    return KafkaPythonTransactions(sink)

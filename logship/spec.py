@@ -21,6 +21,13 @@ FORMATS = ("raw", "json")
 KEYS = ("path", "host", "none")
 PATH_MAX = 4096
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def valid_topic(topic: object) -> bool:
+    """A name Kafka takes for a topic."""
+    return isinstance(topic, str) and bool(_TOPIC.fullmatch(topic)) and topic not in (".", "..")
+
+
 _FIELDS = {"path", "topic", "read_from", "include_lines", "exclude_lines", "format", "fields",
            "json_message", "key", "multiline"}
 MULTILINE_MATCH = ("after", "before")
@@ -160,7 +167,7 @@ def parse_entry(entry: Any) -> Target:
     path = _check_path(entry.get("path"))
     topic = entry.get("topic")
     read_from = entry.get("read_from", "end")
-    if not isinstance(topic, str) or not _TOPIC.fullmatch(topic) or topic in (".", ".."):
+    if not valid_topic(topic):
         raise ValueError(f"topic: not a valid Kafka topic name: {_js(topic)}")
     if read_from not in READ_FROM:
         raise ValueError(f"read_from: must be 'end' or 'beginning', got {_js(read_from)}")

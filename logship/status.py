@@ -47,7 +47,8 @@ class Identity:
 
 
 def document(identity: Identity, keys: Iterable[str], kafka_up: bool,
-             workers: list[ChildState[Target]], owners: dict[tuple[str, str], list[str]]) -> Document:
+             workers: list[ChildState[Target]], owners: dict[tuple[str, str], list[str]],
+             delivery: str) -> Document:
     """The status document; `owners` names the keys (or "config") declaring each target."""
     return {
         "name": identity.name,
@@ -58,6 +59,7 @@ def document(identity: Identity, keys: Iterable[str], kafka_up: bool,
         "updated": rfc3339(time.time()),
         "keys": list(keys),
         "kafka": "ok" if kafka_up else "unavailable",
+        "delivery": delivery,
         **capped_files([_file(child, owners.get(child.spec.entry_id, [])) for child in workers]),
     }
 
@@ -245,10 +247,11 @@ def parse_documents(values: Iterable[bytes]) -> list[Document]:
 
 def render(documents: list[Document], now: float) -> str:
     """`logship status`: one row per agent, then each agent's files."""
-    rows = [("NAME", "HOST", "UPDATED", "FILES", "LAG", "KAFKA")]
+    rows = [("NAME", "HOST", "UPDATED", "FILES", "LAG", "KAFKA", "DELIVERY")]
     rows += [(d.get("name", "?"), d.get("host", "?"), _ago(d.get("updated"), now),
               str(d.get("files_total", len(d["files"]))),
-              _bytes(sum(f.get("lag_bytes", 0) for f in d["files"])), d.get("kafka", "?"))
+              _bytes(sum(f.get("lag_bytes", 0) for f in d["files"])), d.get("kafka", "?"),
+              d.get("delivery", "?"))
              for d in documents]
     parts = [_table(rows)]
     for d in documents:

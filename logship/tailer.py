@@ -78,6 +78,11 @@ class FollowedFile:
         return FileCheckpoint(self.path, topic, self.dev, self.ino, self.fp_len, self.fp,
                               self.acked_offset)
 
+    def position(self, topic: str, offset: int) -> FileCheckpoint:
+        """The file at `offset`, ahead of acknowledgement: the fingerprint as known, no
+        read (once per batch sent)."""
+        return FileCheckpoint(self.path, topic, self.dev, self.ino, self.fp_len, self.fp, offset)
+
     def read(self, size: int, max_line: int, now: float) -> Chunk | None:
         """Read up to `size` bytes; None at end of file, else a (maybe empty) Chunk."""
         data = os.pread(self.fd, size, self.read_pos)
@@ -119,6 +124,13 @@ class FollowedFile:
         self._partial = b""
         self.skipping = True
         return Chunk(self, [buf[:max_line]], [self.offset], self.offset, truncated=1)
+
+    def resume_at(self, offset: int) -> None:
+        """Read again from `offset`, a line boundary acknowledged before (exactly-once:
+        what was read after it was sent in a transaction that did not commit)."""
+        self.offset = self.acked_offset = self.read_pos = offset
+        self._partial = b""
+        self.skipping = False
 
     def rewind(self) -> None:
         """The file was truncated: start over from its beginning."""

@@ -25,7 +25,7 @@ from logship.fswatch import MISSING, DirWatcher, Subscription
 from logship.logs import plural
 from logship.metrics import Metrics
 from logship.processors import Processed, Processor
-from logship.sink import Sent, Sink
+from logship.sink import Job, Sent, Sink
 from logship.spec import Target
 from logship.supervisor import Backoff, Service
 from logship.tailer import Chunk, FollowedFile, Tailer, TailSettings
@@ -89,8 +89,7 @@ class Worker(Service):
         self._store = store
         self._watcher = watcher
         self._envelope = sink.envelope(target)
-        self._processor = Processor(target, sink.host.decode()) \
-            if Processor.needed(target.options) else None
+        self._processor = self._new_processor()
         self._wake = threading.Event()
         self._pending: deque[InFlight] = deque()
         self._queued: Chunk | None = None
@@ -101,6 +100,7 @@ class Worker(Service):
         self._queued_cost = 0       # the cost of the queued chunk's lines not yet sent
         self._reserved = 0          # budget reserved for the next read
         self._tailer: Tailer | None = None
+        self._epoch = 0
         self.records_sent = 0
         self._read_lines = metrics.lines_read.labels(target.topic)
         self._sent = metrics.records_sent.labels(target.topic)
@@ -115,10 +115,20 @@ class Worker(Service):
         super().stop()
         self._wake.set()
 
+    def _new_processor(self) -> Processor | None:
+        """Multiline, filters and formats, when the entry asks for any: its state (a held
+        event) starts empty."""
+        if not Processor.needed(self.target.options):
+            return None
+        return Processor(self.target, self._sink.host.decode())
+
     def serve(self) -> None:
         tailer = self._tailer = Tailer(self.target.path, self._settings)
         subscription = self._watcher.subscribe(self.target.path, self._wake.set)
         try:
+            if not self._sink.wait_ready(self.stopping):
+                return
+            self._epoch = self._sink.epoch
             with self.start_gate:
                 if self.stopping.is_set():
                     return
@@ -165,17 +175,43 @@ class Worker(Service):
 
     def _follow(self, tailer: Tailer, subscription: Subscription) -> None:
         while not self.stopping.is_set():
+            if self._epoch != self._sink.epoch:
+                self._resume_committed(tailer)
+                continue
             self._collect()
             self._stalled()
             if self._queued is not None and not self._file_full():
                 tailer.watch_name(time.monotonic())
                 self._send_batch()
             elif self._queued is not None or self._file_full() or not self._reserve():
+                self._sink.hurry()
                 self._wait(self._files.poll_interval)
             elif not self._read(tailer) and not self._release_held(time.monotonic()):
                 self._close_rotated(tailer, time.monotonic())
                 self._watcher.ensure_watched(subscription)
                 self._wait(self._idle_wait(tailer, subscription))
+
+    def _resume_committed(self, tailer: Tailer) -> None:
+        """Exactly-once: what was sent since the last commit is void (an aborted
+        transaction), so every open file reads again from its committed offset, or from
+        the position read from Kafka when that is further on (another agent with this
+        name shipped meanwhile). The files stay open: a rotated one may have no name.
+        Batches of the transactions committed before are collected first: their offsets
+        hold, they were committed before the one that failed began."""
+        self._collect()
+        self._sink.budget.give(self._pending_bytes + self._queued_cost)
+        self._pending.clear()
+        self._queued, self._queued_at = None, 0
+        self._pending_lines = self._pending_bytes = self._queued_cost = 0
+        self._processor = self._new_processor()
+        if not self._sink.wait_ready(self.stopping):
+            return
+        self._epoch = self._sink.epoch
+        saved = {cp.identity: cp.offset
+                 for cp in self._store.for_target(self.target.topic, self.target.path)}
+        for followed in tailer.files():
+            followed.resume_at(max(followed.acked_offset, saved.get(followed.identity, 0)))
+        log.debug("%s: reading again from the committed offsets", self.target)
 
     def holds_files(self) -> bool:
         """Whether a file is still open or lines are in flight: a glob match that went
@@ -305,14 +341,17 @@ class Worker(Service):
         wait: a restart without its checkpoint starts there too. A save that does not come
         (a full disk, said by the store) is not waited for longer than SAVE_WAIT."""
         if opened and (self.target.read_from != "beginning" or any(f.offset for f in opened)):
+            self._sink.note_positions([f.checkpoint(self.target.topic) for f in opened])
             self._store.sync(SAVE_WAIT)
 
     def _send_batch(self) -> None:
         """Send the next slice of the queued chunk, so that acks and stop stay responsive."""
         chunk, start = self._queued, self._queued_at
         stop = min(start + SEND_BATCH, len(chunk.lines))
-        sent = self._sink.send(self.target.topic, self._envelope, chunk.lines[start:stop],
-                               chunk.offsets[start:stop], self._wake.set)
+        end = chunk.offsets[stop] if stop < len(chunk.lines) else chunk.end_offset
+        sent = self._sink.send(Job(self.target.topic, self._envelope, chunk.lines[start:stop],
+                                   chunk.offsets[start:stop], self._wake.set,
+                                   chunk.file.position(self.target.topic, end), self._epoch))
         if sent.refused:
             raise self._refused(sent.refused)
         stop = start + sent.count
@@ -429,7 +468,8 @@ class Worker(Service):
         for acknowledgements so offsets are saved."""
         deadline = time.monotonic() + DRAIN_TIMEOUT
         while time.monotonic() < deadline and self._release_held(0.0, force=True):
-            while self._queued is not None and time.monotonic() < deadline:
+            while self._queued is not None and time.monotonic() < deadline \
+                    and self._epoch == self._sink.epoch:
                 self._send_batch()
         self._collect()
         while self._pending and time.monotonic() < deadline:

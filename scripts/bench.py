@@ -6,14 +6,15 @@ Starts its own etcd and Kafka on free loopback ports (tests/harness.py) and meas
   each shipper's own until every record is acknowledged (and for many busy files:
   BUSY_FILES files of BUSY_LINES lines each, all at once, through one glob / wildcard): a bare kafka-python producer
   loop, kcat -P -l, rsyslog imfile -> omkafka, and the real `logship run` on each Kafka
-  client. lines/s, the ratio to kcat, CPU µs per line and peak RSS of the shipper's
-  process. CPU is counted from the moment the shipper is given the file (logship's and
+  client, at least once and exactly-once (kafka.delivery; counted once committed).
+  lines/s, the ratio to kcat, CPU µs per line and peak RSS of the shipper's process. CPU is counted from the moment the shipper is given the file (logship's and
   the bare loop's interpreter start-up is left out, as a C shipper's is negligible).
   Every shipper runs ROUNDS times, the rounds one after the other over all shippers, and
   the run with the least CPU is kept: the broker and the shippers share two cores, and a
   burst of other load would otherwise decide the ratios;
 - latency: lines appended at 1,000 lines/s, each carrying its write time; the broker
-  stamps each record with its append time (message.timestamp.type=LogAppendTime);
+  stamps each record with its append time (message.timestamp.type=LogAppendTime); at
+  exactly-once a read_committed consumer reading meanwhile stamps its receipt instead;
 - scale: 1,000, 5,000 and 10,000 one-line files in one etcd value, read from the
   beginning: the time from the put until every file's line is in Kafka, then CPU and RSS
   over 30 quiet seconds; for 10,000 (and on confluent-kafka too) the agent is then
@@ -36,8 +37,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,6 +49,7 @@ from harness import Agent, Etcd, Kafka, wait_until  # noqa: E402
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
 CLIENTS = ("kafka-python", "confluent-kafka")
+AT_LEAST_ONCE, EXACTLY_ONCE = "at-least-once", "exactly-once"
 PACKAGES = {"kcat": "kcat", "rsyslogd": "rsyslog-kafka"}
 LATENCY_RATE, LATENCY_SECONDS = 1000, 10
 BUSY_FILES, BUSY_LINES = 100, 5000
@@ -196,11 +199,14 @@ def bench_rsyslog(kafka: Kafka, path: Path, lines: int, tmp: Path, run: int,
         proc.wait(30)
 
 
-def bench_agent(workdir: Path, etcd: Etcd, kafka: Kafka, key: str, client: str) -> Agent:
+def bench_agent(workdir: Path, etcd: Etcd, kafka: Kafka, key: str, client: str,
+                delivery: str = AT_LEAST_ONCE) -> Agent:
     """The real agent with the shipped defaults (the test harness polls faster)."""
-    agent = Agent(workdir, etcd, kafka, [key], client, allowed_paths=[f"{workdir}/**"], files={})
+    agent = Agent(workdir, etcd, kafka, [key], client, allowed_paths=[f"{workdir}/**"], files={},
+                  agent={"name": key})
     for setting in ("timeout", "probe_interval"):
         del agent.config["etcd"][setting]
+    agent.config["kafka"]["delivery"] = delivery
     # Not beside its log, as on a host: each log line would be an event on the config's
     # directory, which the agent watches for edits.
     agent.config_path = workdir / "etc" / "config.yaml"
@@ -210,13 +216,17 @@ def bench_agent(workdir: Path, etcd: Etcd, kafka: Kafka, key: str, client: str) 
 
 
 def ship_with_logship(etcd: Etcd, kafka: Kafka, workdir: Path, entries: list[dict],
-                      client: str, lines: int, topic: str) -> tuple[Agent, float, float]:
+                      client: str, lines: int, topic: str,
+                      delivery: str) -> tuple[Agent, float, float]:
     """Start the agent with nothing to do, then give it the entries: returns the agent,
-    the seconds until `lines` were acknowledged, and the CPU seconds that took."""
+    the seconds until `lines` were acknowledged (committed, at exactly-once), and the CPU
+    seconds that took."""
     key = f"{topic}-{client}"
     etcd.put(key, [])
-    agent = bench_agent(workdir, etcd, kafka, key, client).start()
+    agent = bench_agent(workdir, etcd, kafka, key, client, delivery).start()
     agent.wait_log(f"key={key} applied 0 entries", 60)
+    if delivery == EXACTLY_ONCE:
+        agent.wait_log("exactly-once as transactional id", 60)
     cpu, started = cpu_seconds(agent.proc.pid), time.perf_counter()
     etcd.put(key, entries)
     try:
@@ -247,56 +257,73 @@ def make_busy_files(directory: Path, size: int) -> int:
 
 
 def bench_busy_logship(etcd: Etcd, kafka: Kafka, busy: Path, lines: int, client: str,
-                       tmp: Path, run: int) -> Result:
+                       tmp: Path, run: int, delivery: str = AT_LEAST_ONCE) -> Result:
     """The busy files through one glob entry, each followed by a worker of its own."""
-    name = f"{client}-busy-{run}"
+    name = f"{client}-busy-{delivery}-{run}"
     topic = f"bench-{name}"
     workdir = tmp / f"logship-{name}"
     (workdir / "logs").mkdir(parents=True)
     for path in busy.iterdir():
         os.link(path, workdir / "logs" / path.name)
     entries = [{"path": f"{workdir}/logs/*.log", "topic": topic, "read_from": "beginning"}]
-    agent, seconds, cpu = ship_with_logship(etcd, kafka, workdir, entries, client, lines, topic)
+    agent, seconds, cpu = ship_with_logship(etcd, kafka, workdir, entries, client, lines, topic,
+                                            delivery)
     rss = memory(agent.proc.pid, "VmHWM")
     agent.stop(60)
-    return Result(f"logship ({client}, {BUSY_FILES} busy files)", lines, seconds, cpu, rss)
+    return Result(f"logship ({client}{_mode(delivery)}, {BUSY_FILES} busy files)", lines,
+                  seconds, cpu, rss)
+
+
+def _mode(delivery: str) -> str:
+    return ", exactly-once" if delivery == EXACTLY_ONCE else ""
 
 
 def bench_logship(etcd: Etcd, kafka: Kafka, path: Path, lines: int, client: str,
-                  tmp: Path, run: int, options: dict | None = None) -> Result:
-    name = f"{client}-processed-{run}" if options else f"{client}-{run}"
+                  tmp: Path, run: int, options: dict | None = None,
+                  delivery: str = AT_LEAST_ONCE) -> Result:
+    name = f"{client}-{delivery}-processed-{run}" if options else f"{client}-{delivery}-{run}"
     topic = f"bench-{name}"
     workdir = tmp / f"logship-{name}"       # a state_dir of its own: starts from offset 0
     workdir.mkdir()
     shipped = workdir / path.name
     os.link(path, shipped)
     entries = [{"path": str(shipped), "topic": topic, "read_from": "beginning", **(options or {})}]
-    agent, seconds, cpu = ship_with_logship(etcd, kafka, workdir, entries, client, lines, topic)
+    agent, seconds, cpu = ship_with_logship(etcd, kafka, workdir, entries, client, lines, topic,
+                                            delivery)
     rss = memory(agent.proc.pid, "VmHWM")
     agent.stop()
     label = f"logship ({client}, multiline + filters + json)" if options \
-        else f"logship ({client})"
+        else f"logship ({client}{_mode(delivery)})"
     return Result(label, lines, seconds, cpu, rss)
 
 
 # -- latency ------------------------------------------------------------------------------
 
-def bench_latency(etcd: Etcd, kafka: Kafka, client: str, tmp: Path) -> tuple[float, float]:
-    """p50 and p99 in ms from a line's write to the broker's append of its record."""
-    topic = f"latency-{client}"
+def bench_latency(etcd: Etcd, kafka: Kafka, client: str, tmp: Path,
+                  delivery: str = AT_LEAST_ONCE) -> tuple[float, float]:
+    """p50 and p99 in ms from a line's write until its record can be read: its append to
+    the broker's log (LogAppendTime) at least once; at exactly-once its receipt by a
+    read_committed consumer reading as the lines are written, the commit included."""
+    topic = f"latency-{client}-{delivery}"
     kafka.create_topic(topic, **{"message.timestamp.type": "LogAppendTime"})
-    workdir = tmp / f"latency-{client}"
+    workdir = tmp / f"latency-{client}-{delivery}"
     workdir.mkdir()
     path = workdir / "app.log"
     path.write_bytes(b"")
-    key = f"latency-{client}"
+    key = f"latency-{client}-{delivery}"
     etcd.put(key, [{"path": str(path), "topic": topic}])
-    agent = bench_agent(workdir, etcd, kafka, key, client).start()
+    agent = bench_agent(workdir, etcd, kafka, key, client, delivery).start()
+    count = LATENCY_RATE * LATENCY_SECONDS
     try:
         agent.wait_log(f"worker started path={path}", 60)
-        count = LATENCY_RATE * LATENCY_SECONDS
-        write_paced(path, count, LATENCY_RATE)
-        records = read_all(kafka, topic, count)
+        if delivery == EXACTLY_ONCE:
+            with ThreadPoolExecutor(1) as pool:
+                received = pool.submit(read_all, kafka, topic, count, "read_committed")
+                write_paced(path, count, LATENCY_RATE)
+                records = received.result()
+        else:
+            write_paced(path, count, LATENCY_RATE)
+            records = read_all(kafka, topic, count)
     finally:
         agent.stop()
     delays = sorted(r.timestamp - int(r.value.split(b" ", 1)[0]) / 1e6 for r in records)
@@ -314,15 +341,19 @@ def write_paced(path: Path, count: int, rate: int) -> None:
             f.write(b"%d %s\n" % (time.time_ns(), pad))
 
 
-def read_all(kafka: Kafka, topic: str, count: int) -> list:
+def read_all(kafka: Kafka, topic: str, count: int, isolation: str = "read_uncommitted") -> list:
+    """Every record of the topic; read_committed also stamps each with its receipt (ms)."""
     consumer = KafkaConsumer(topic, bootstrap_servers=kafka.address, api_version=(2, 8),
-                             auto_offset_reset="earliest", enable_auto_commit=False)
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             isolation_level=isolation, fetch_max_wait_ms=10)
     records: list = []
     try:
         deadline = time.monotonic() + 120
         while len(records) < count and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
+                now = time.time() * 1000
+                records.extend(batch if isolation != "read_committed"
+                               else (r._replace(timestamp=now) for r in batch))
     finally:
         consumer.close()
     if len(records) < count:
@@ -425,7 +456,16 @@ def report(lines: int, size: int, results: list[Result], latency: dict,
     for r in results:
         print(f"| {r.shipper} | {r.rate:,.0f} | {r.rate / kcat.rate:.2f} | "
               f"{r.cpu_seconds / r.lines * 1e6:.1f} | {r.rss_bytes / 2**20:.0f} |")
-    print(f"\nappend -> Kafka latency at {LATENCY_RATE} lines/s for {LATENCY_SECONDS} s:\n")
+    rate = {r.shipper: r.rate for r in results}
+    print()
+    for client in CLIENTS:
+        for shape in ("", f", {BUSY_FILES} busy files"):
+            ratio = (rate[f"logship ({client}, exactly-once{shape})"]
+                     / rate[f"logship ({client}{shape})"])
+            print(f"exactly-once / at-least-once, {client}{shape}: {ratio:.2f}")
+    print(f"\nappend -> Kafka latency at {LATENCY_RATE} lines/s for {LATENCY_SECONDS} s (at least "
+          f"once: to the broker's append; exactly-once: to a read_committed consumer's receipt, "
+          f"transaction_interval 0.2 s):\n")
     print("| client | p50 ms | p99 ms |")
     print("|---|---|---|")
     for client, (p50, p99) in latency.items():
@@ -458,6 +498,10 @@ def throughput(etcd: Etcd, kafka: Kafka, path: Path, lines: int, busy: Path,
                     for options in (None, PROCESSED)]
         results.append(progress(bench_busy_logship(etcd, kafka, busy, busy_lines, client, tmp,
                                                    run)))
+        results.append(progress(bench_logship(etcd, kafka, path, lines, client, tmp, run,
+                                              delivery=EXACTLY_ONCE)))
+        results.append(progress(bench_busy_logship(etcd, kafka, busy, busy_lines, client, tmp,
+                                                   run, EXACTLY_ONCE)))
     return results
 
 
@@ -502,8 +546,9 @@ def main() -> None:
         runs = [throughput(etcd, kafka, path, lines, busy, busy_lines, tmp, run)
                 for run in range(ROUNDS)]
         results = [min(same, key=lambda result: result.cpu_seconds) for same in zip(*runs)]
-        latency = {client: progress(bench_latency(etcd, kafka, client, tmp), client)
-                   for client in CLIENTS}
+        latency = {f"{client}{_mode(delivery)}": progress(
+            bench_latency(etcd, kafka, client, tmp, delivery), client, delivery)
+            for client in CLIENTS for delivery in (AT_LEAST_ONCE, EXACTLY_ONCE)}
         scale = run_scale(etcd, kafka, tmp)
     report(lines, size, results, latency, scale)
 

@@ -64,8 +64,8 @@ def make_agent(tmp_path, client):
 def reader(kafka):
     readers: list[TopicReader] = []
 
-    def make(topic: str, service: Kafka | None = None) -> TopicReader:
-        topic_reader = TopicReader(service or kafka, topic)
+    def make(topic: str, service: Kafka | None = None, committed: bool = False) -> TopicReader:
+        topic_reader = TopicReader(service or kafka, topic, committed)
         readers.append(topic_reader)
         return topic_reader
     yield make

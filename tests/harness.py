@@ -359,13 +359,16 @@ org.apache.kafka.common.security.scram.ScramLoginModule required;
 
 
 class TopicReader:
-    """Reads a topic from the beginning and keeps what it read across waits."""
+    """Reads a topic from the beginning and keeps what it read across waits; `committed`:
+    as a read_committed consumer, which sees only the records of committed transactions."""
 
-    def __init__(self, kafka: Kafka, topic: str) -> None:
+    def __init__(self, kafka: Kafka, topic: str, committed: bool = False) -> None:
         self.topic = topic
         self.records: list = []
+        isolation = "read_committed" if committed else "read_uncommitted"
         self._consumer = KafkaConsumer(bootstrap_servers=kafka.address, api_version=(2, 8),
                                        enable_auto_commit=False, group_id=None,
+                                       isolation_level=isolation,
                                        fetch_max_bytes=64 * 1024 * 1024,
                                        max_partition_fetch_bytes=32 * 1024 * 1024)
         self._assigned = False

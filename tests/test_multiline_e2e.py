@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import CLIENTS
-from harness import header, wait_until
+from harness import header, unique, wait_until
 
 pytestmark = pytest.mark.e2e
 STACK = {"pattern": r"^\s", "timeout": 1}
@@ -43,16 +43,20 @@ def client(request):
     return request.param
 
 
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
 def test_kill_9_inside_an_event_resends_it_whole(etcd, kafka, make_agent, reader, key, topic,
-                                                 tmp_path):
+                                                 tmp_path, delivery):
+    """Exactly-once, read_committed: also never twice."""
     log = tmp_path / "app.log"
     log.write_bytes(b"")
     etcd.put(key, [{"path": str(log), "topic": topic, "multiline": {**STACK, "timeout": 60}}])
-    agent = make_agent(etcd, kafka, [key]).start()
-    agent.wait_log(f"worker started path={log}")
+    agent = make_agent(etcd, kafka, [key], agent={"name": unique("ml")})
+    agent.config["kafka"]["delivery"] = delivery
+    agent.write_config()
+    agent.start().wait_log(f"worker started path={log}")
     first = b"ERROR one\n  at a(A.java:1)\n  at b(B.java:2)\n"
     log.write_bytes(first + b"ERROR two\n  at c(C.java:3)\n")
-    topic_reader = reader(topic)
+    topic_reader = reader(topic, committed=delivery == "exactly-once")
     assert [r.value for r in topic_reader.wait_count(1)] == [first.rstrip(b"\n")]
     wait_until(lambda: [c["offset"] for c in agent.checkpoints()] == [len(first)], 15,
                "the checkpoint at the held event's start")
@@ -66,6 +70,8 @@ def test_kill_9_inside_an_event_resends_it_whole(etcd, kafka, make_agent, reader
     agent.stop()
     assert [r.value for r in topic_reader.wait_count(3)][2] == b"INFO three", \
         "the held last event is sent at SIGTERM"
+    if delivery == "exactly-once":
+        assert len(topic_reader.settle(1.5)) == 3
 
 
 def test_the_last_event_is_released_after_its_timeout(etcd, kafka, make_agent, reader, key,

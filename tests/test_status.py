@@ -42,15 +42,15 @@ def test_a_key_given_to_a_command_expands_as_the_agent_does():
 
 
 DOC = {"name": "web-01", "host": "h1", "updated": "2026-12-02T10:00:00+00:00", "kafka": "ok",
-       "files": [{"path": "/var/log/a.log", "topic": "a", "state": "held", "lag_bytes": 3 << 20,
+       "delivery": "exactly-once", "files": [{"path": "/var/log/a.log", "topic": "a", "state": "held", "lag_bytes": 3 << 20,
                   "last_error": None}]}
 
 
 def test_the_table_shows_each_agent_then_its_files():
     now = datetime.fromisoformat("2026-12-02T10:00:10+00:00").timestamp()
     assert render([DOC], now) == (
-        "NAME    HOST  UPDATED  FILES  LAG      KAFKA\n"
-        "web-01  h1    10s ago  1      3.0 MiB  ok\n"
+        "NAME    HOST  UPDATED  FILES  LAG      KAFKA  DELIVERY\n"
+        "web-01  h1    10s ago  1      3.0 MiB  ok     exactly-once\n"
         "\n"
         "web-01:\n"
         "  PATH            TOPIC  STATE  LAG      LAST ERROR\n"
