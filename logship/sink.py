@@ -272,6 +272,9 @@ class Sink(ABC):
         the positions kept in Kafka are in it). False if `stopping` was set first."""
         return not stopping.is_set()
 
+    def release_waiters(self) -> None:
+        """A worker was told to stop: those in wait_ready() look at their stop again."""
+
     def hurry(self) -> None:
         """A worker waits for acknowledgements to read on (its in-flight bound, or the
         agent's): at least once they come by themselves."""

@@ -53,7 +53,6 @@ which aborts the transaction on the broker, and the positions are read again. Wi
 brokers' transaction timeout (60 s by default), and the way out of a client that does not
 finish a commit after an outage (kafka-python 3.0.12 sometimes does not)."""
 SEND_WAIT = 0.5                 # a worker waits this long for a commit, then backs off
-READY_POLL = 1.0
 REFUSED_FOR = 30.0              # sends to a topic that failed a transaction are refused
 
 PositionKey = bytes
@@ -199,6 +198,7 @@ class TransactionalSink(Sink):
         # wait for a commit).
         self._pending_lock = threading.Lock()
         self._ready = threading.Event()     # positions read from Kafka into the store
+        self._readiness = threading.Condition()
         self._due = threading.Event()
         self._transaction: Transaction | None = None
         self._failure: TransactionFailed | None = None
@@ -224,10 +224,15 @@ class TransactionalSink(Sink):
         self._loop.start()
 
     def wait_ready(self, stopping: threading.Event) -> bool:
-        while not stopping.is_set():
-            if self._ready.wait(READY_POLL):
-                return not stopping.is_set()
-        return False
+        """Without polling: ten thousand workers waiting through a Kafka outage at start
+        would otherwise wake ten thousand times per poll."""
+        with self._readiness:
+            self._readiness.wait_for(lambda: self._ready.is_set() or stopping.is_set())
+        return not stopping.is_set()
+
+    def release_waiters(self) -> None:
+        with self._readiness:
+            self._readiness.notify_all()
 
     def hurry(self) -> None:
         self._due.set()
@@ -333,6 +338,7 @@ class TransactionalSink(Sink):
         with self._lock:
             self.epoch += 1     # a worker that resumed before these positions does again
             self._ready.set()
+        self.release_waiters()
 
     def take_back_after(self) -> float:
         """After being fenced off: how long to leave the transactional id to the producer

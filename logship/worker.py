@@ -114,6 +114,7 @@ class Worker(Service):
     def stop(self) -> None:
         super().stop()
         self._wake.set()
+        self._sink.release_waiters()
 
     def _new_processor(self) -> Processor | None:
         """Multiline, filters and formats, when the entry asks for any: its state (a held
