@@ -11,19 +11,29 @@ KAFKA_PORT ?= 9092
 
 setup: system-packages venv kafka-jars
 
-# Debian packages for the local services: etcd, a JDK and Maven (Kafka's jars), and for
-# the security tests openssl (throw-away certificates) and etcdctl (etcd users and roles).
+# Debian packages for the local services: etcd, a JDK and Maven (Kafka's jars); for
+# the security tests openssl (throw-away certificates) and etcdctl (etcd users and roles);
+# tmux for logship top's tests; promtool for the alert rules' tests, from Debian's
+# prometheus without what it recommends (a node exporter, smartmontools).
 system-packages:
-	@missing=""; \
+	@set -e; missing=""; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
 	command -v etcdctl >/dev/null || missing="$$missing etcd-client"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v tmux >/dev/null || missing="$$missing tmux"; \
+	lean=""; command -v promtool >/dev/null || lean="prometheus"; \
+	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	if [ -n "$$missing$$lean" ]; then \
+	  echo "installing:$$missing $$lean"; \
+	  $$SUDO apt-get update -qq; \
+	fi; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi; \
+	if [ -n "$$lean" ]; then \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$lean; \
 	fi
 
 venv: $(VENV)/.installed

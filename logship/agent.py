@@ -134,8 +134,10 @@ class Agent:
     def status_document(self) -> Document:
         """This agent's status (any thread: /api/status, the status writer, a scrape)."""
         owners = self._owners()
-        return document(self.identity, self.config.etcd.keys, self.sink.health.up,
-                        self.workers.states(), owners, self.sink.delivery)
+        health = self.sink.health
+        down = None if health.up else health.cause or "unavailable"
+        return document(self.identity, self.config.etcd.keys, down, self.workers.states(),
+                        owners, self.sink.delivery)
 
     def status_fingerprint(self) -> Hashable | None:
         """Cheap, so that 10,000 idle files cost no status rebuild (a stat and a dict each)
@@ -262,7 +264,8 @@ class Agent:
         config = self.config
         self._status_writer = StatusWriter(self.source, config.status.prefix + config.name,
                                            config.status, self.status_document,
-                                           self.status_fingerprint)
+                                           self.status_fingerprint,
+                                           self.metrics.status_written.set_to_current_time)
         self._status_writer.start()
 
     def _stop_status(self) -> None:

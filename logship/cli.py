@@ -32,6 +32,7 @@ from logship.etcd_source import ETCD_ERRORS, EtcdSession, EtcdSource, describe
 from logship.clients import check_positions, check_transactions, reach_broker
 from logship.spec import parse_value
 from logship.status import parse_documents, render
+from logship.top import Options, top
 
 log = logging.getLogger("logship")
 
@@ -95,6 +96,17 @@ def _parser() -> argparse.ArgumentParser:
     status = command("status", show_status, "every agent's status document under status.prefix")
     status.add_argument("--json", action="store_true", help="the documents as one JSON array")
     status.add_argument("name", nargs="?", help="only the agent of this name")
+    rules_command = commands.add_parser("rules", help="print the Prometheus alert and "
+                                        "recording rules, to load as they are")
+    rules_command.set_defaults(func=print_rules)
+    top_command = command("top", show_top, "a live view of the fleet (q quits, f toggles "
+                          "files, s cycles the sort)")
+    top_command.add_argument("--agent", nargs="+", default=[], metavar="NAME",
+                             help="only these agents")
+    top_command.add_argument("--interval", default=str(TOP_INTERVAL), metavar="S",
+                             help=f"seconds between reads of etcd (default: {TOP_INTERVAL:g})")
+    top_command.add_argument("--files", action="store_true",
+                             help="start with each agent's files shown")
     return parser
 
 
@@ -292,6 +304,30 @@ def show_status(args: argparse.Namespace) -> int:
     else:
         print(render(documents, time.time()) if documents else f"no agent under {prefix}")
     return 0
+
+
+def print_rules(args: argparse.Namespace) -> int:
+    """The rules file the wheel carries, so a host needs no checkout to get them."""
+    sys.stdout.write(RULES.read_text())
+    return 0
+
+
+RULES = resources.files("logship") / "data" / "prometheus" / "logship-rules.yaml"
+TOP_INTERVAL = 2.0
+
+
+def show_top(args: argparse.Namespace) -> int:
+    """The interval is judged here, not by argparse, so that a bad one is one line and
+    exit 1 like every other error of top."""
+    try:
+        interval = float(args.interval)
+    except ValueError:
+        interval = 0.0
+    if not interval > 0:
+        raise LogshipError(f"--interval: must be a number of seconds above 0, got "
+                           f"{args.interval!r}")
+    config = _load(args.config)
+    return top(config, Options(interval, tuple(args.agent), args.files))
 
 
 def install_unit(args: argparse.Namespace) -> int:

@@ -86,6 +86,10 @@ class Metrics:
         self.transaction_records = Histogram(
             "logship_kafka_transaction_records", "Records per committed transaction.",
             buckets=(1, 10, 100, 1000, 5000, 10_000, 25_000, 50_000, 100_000), registry=r)
+        self.status_written = Gauge("logship_status_written_timestamp_seconds",
+                                    "When the status document was last written to etcd (unix "
+                                    "time; 0: not yet). It is rewritten at least every "
+                                    "status.ttl.", registry=r)
         self.checkpoint_errors = Counter("logship_checkpoint_save_errors",
                                          "Failed saves of the read offsets to state_dir.",
                                          registry=r)

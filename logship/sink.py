@@ -155,6 +155,7 @@ class KafkaHealth:
         self.brokers = brokers
         self.tls = tls
         self.up = True
+        self.cause: str | None = None       # of the outage, for the status document
         self.on_error = on_error
         self.connection_error: str | None = None
         self._down_since: float | None = None
@@ -174,7 +175,7 @@ class KafkaHealth:
             self._down_since = since or now
             self.up = False
         self.on_error(reason)
-        cause = cause or self.probe()
+        cause = self.cause = cause or self.probe()
         if since is None:
             log.warning("Kafka unavailable (%s): %s; holding lines", ",".join(self.brokers), cause)
         else:
@@ -197,6 +198,7 @@ class KafkaHealth:
         with self._lock:
             since, self._down_since = self._down_since, None
             self.up = True
+            self.cause = None
         if since is not None:
             log.info("Kafka available again after %.0fs (%s)", time.monotonic() - since,
                      ",".join(self.brokers))

@@ -33,7 +33,8 @@ MAX_FILES = 2000
 
 
 def rfc3339(when: float) -> str:
-    return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="seconds")
+    """To the millisecond: `logship top` divides by the time between two documents."""
+    return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,11 @@ class Identity:
     pid: int = field(default_factory=os.getpid)
 
 
-def document(identity: Identity, keys: Iterable[str], kafka_up: bool,
+def document(identity: Identity, keys: Iterable[str], kafka_down: str | None,
              workers: list[ChildState[Target]], owners: dict[tuple[str, str], list[str]],
              delivery: str) -> Document:
-    """The status document; `owners` names the keys (or "config") declaring each target."""
+    """The status document; `owners` names the keys (or "config") declaring each target,
+    `kafka_down` why Kafka is unavailable (None: it is not)."""
     return {
         "name": identity.name,
         "host": identity.host,
@@ -58,7 +60,8 @@ def document(identity: Identity, keys: Iterable[str], kafka_up: bool,
         "started": rfc3339(identity.started),
         "updated": rfc3339(time.time()),
         "keys": list(keys),
-        "kafka": "ok" if kafka_up else "unavailable",
+        "kafka": "ok" if kafka_down is None else "unavailable",
+        **({} if kafka_down is None else {"kafka_cause": kafka_down}),
         "delivery": delivery,
         **capped_files([_file(child, owners.get(child.spec.entry_id, [])) for child in workers]),
     }
@@ -100,7 +103,8 @@ def lag_by_topic(workers: list[ChildState[Target]]) -> dict[str, int]:
 
 class StatusWriter(Service):
     """Writes the document when it changed (at most every `interval`), and at least
-    once per ttl; keeps the lease alive every `interval`. The document is rebuilt only
+    once per ttl, calling `written` after each write (an alert watches it); keeps the
+    lease alive every `interval`. The document is rebuilt only
     when `fingerprint` (cheap) changed or is None.
 
     The key belongs to the lease that created it: a write succeeds only while the key is
@@ -111,14 +115,15 @@ class StatusWriter(Service):
     expired yet) is taken over at once."""
 
     def __init__(self, source: EtcdSource, key: str, config: StatusConfig,
-                 build: Callable[[], Document],
-                 fingerprint: Callable[[], Hashable | None]) -> None:
+                 build: Callable[[], Document], fingerprint: Callable[[], Hashable | None],
+                 written: Callable[[], None]) -> None:
         super().__init__(name="status")
         self.key = key
         self._source = source
         self._config = config
         self._build = build
         self._fingerprint = fingerprint
+        self._written = written
         self._failing = False
         self._mod_revision = 0          # of our last write; 0: the key is not ours
         self._held_by: tuple[Any, Any] | None = None
@@ -163,6 +168,7 @@ class StatusWriter(Service):
                                  " again" if self._failing else "")
                         self._failing = False
                     written, written_at = doc, now
+                    self._written()
             seen = fingerprint
             session.refresh(lease)
             self.stopping.wait(self._config.interval)
@@ -250,14 +256,14 @@ def render(documents: list[Document], now: float) -> str:
     rows = [("NAME", "HOST", "UPDATED", "FILES", "LAG", "KAFKA", "DELIVERY")]
     rows += [(d.get("name", "?"), d.get("host", "?"), _ago(d.get("updated"), now),
               str(d.get("files_total", len(d["files"]))),
-              _bytes(sum(f.get("lag_bytes", 0) for f in d["files"])), d.get("kafka", "?"),
+              human_bytes(sum(f.get("lag_bytes", 0) for f in d["files"])), d.get("kafka", "?"),
               d.get("delivery", "?"))
              for d in documents]
     parts = [_table(rows)]
     for d in documents:
         files = [("PATH", "TOPIC", "STATE", "LAG", "LAST ERROR")]
         files += [(f.get("path", "?"), f.get("topic", "?"), f.get("state", "?"),
-                   _bytes(f.get("lag_bytes", 0)), f.get("last_error") or "")
+                   human_bytes(f.get("lag_bytes", 0)), f.get("last_error") or "")
                   for f in d["files"]]
         omitted = d.get("files_total", len(d["files"])) - len(d["files"])
         parts.append(f"\n{d.get('name', '?')}:\n" + _table(files, indent="  ")
@@ -279,7 +285,7 @@ def _ago(updated: Any, now: float) -> str:
     return f"{max(0, round(seconds))}s ago"
 
 
-def _bytes(count: float) -> str:
+def human_bytes(count: float) -> str:
     unit = 0
     while count >= 1024 and unit < len(UNITS) - 1:
         count /= 1024

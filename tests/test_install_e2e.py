@@ -18,7 +18,7 @@ from logship.config import load_config
 pytestmark = pytest.mark.e2e
 
 
-def test_the_wheel_carries_the_unit_and_a_sample_config_and_builds_quietly(tmp_path):
+def test_the_wheel_carries_the_unit_a_sample_config_and_the_rules_and_builds_quietly(tmp_path):
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
                             str(tmp_path), str(ROOT)], check=True, capture_output=True,
                            text=True, timeout=300)
@@ -26,6 +26,7 @@ def test_the_wheel_carries_the_unit_and_a_sample_config_and_builds_quietly(tmp_p
     [wheel] = tmp_path.glob("logship-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "logship/data/logship.service" in names and "logship/data/config.yaml" in names
+    assert "logship/data/prometheus/logship-rules.yaml" in names
 
 
 def test_install_unit_writes_a_hardened_unit_and_keeps_an_existing_config(tmp_path):

@@ -1,0 +1,241 @@
+"""`logship top` in a real terminal: tmux runs it against real agents, etcd and Kafka,
+and the screen is read back with capture-pane."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from harness import Agent, Etcd, logship, numbered, unique, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+class Terminal:
+    """A tmux session on a server of its own; the pane stays after the command exits, so
+    that its exit status can be read."""
+
+    def __init__(self, workdir: Path, command: list[str], width: int = 100,
+                 height: int = 30) -> None:
+        self._socket = unique("top")
+        conf = workdir / "tmux.conf"
+        conf.write_text("set -g remain-on-exit on\n")
+        self._tmux("-f", conf, "new-session", "-d", "-s", "top", "-x", width, "-y", height,
+                   shlex.join(command))
+
+    def _tmux(self, *args) -> str:
+        return subprocess.run(["tmux", "-L", self._socket, *map(str, args)], check=True,
+                              capture_output=True, timeout=10).stdout.decode()
+
+    def screen(self) -> str:
+        return self._tmux("capture-pane", "-p", "-t", "top")
+
+    def wait(self, condition, what: str, timeout: float = 30.0) -> str:
+        def check():
+            screen = self.screen()
+            return screen if condition(screen) else None
+        try:
+            return wait_until(check, timeout, what, step=0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the screen:\n{self.screen()}") from None
+
+    def press(self, key: str) -> None:
+        self._tmux("send-keys", "-t", "top", key)
+
+    def resize(self, width: int, height: int) -> None:
+        self._tmux("resize-window", "-t", "top", "-x", width, "-y", height)
+
+    def exit_status(self) -> int | None:
+        """None while it runs; the exit code, or 128 + the signal that ended it."""
+        dead, status, signum = (self._tmux("display-message", "-p", "-t", "top",
+                                           "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}")
+                                .strip().split(":"))
+        if dead != "1" or not (status or signum):
+            return None
+        return int(status) if status else 128 + int(signum)
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self._socket, "kill-server"], capture_output=True)
+
+
+def top_command(config: Path, *args: str) -> list[str]:
+    """Without the COLUMNS and LINES pytest exports, which rich would take over the
+    terminal's own size, as an operator's shell has none."""
+    return ["env", "-u", "COLUMNS", "-u", "LINES", sys.executable, "-m", "logship", "top",
+            "--config", str(config), *args]
+
+
+def row(screen: str, name: str) -> dict | None:
+    """An agent's or a file's row, its columns read from the right (a state may hold
+    spaces): an agent's ends in FILES LINES/S LAG AGE, a file's (indented) in LINES/S LAG."""
+    for line in screen.splitlines():
+        words = line.split()
+        if words and words[0] == name:
+            rate, lag, unit = words[-4:-1] if line[0] != " " else words[-3:]
+            return {"line": line, "rate": _rate(rate), "lag": _bytes(lag, unit)}
+    return None
+
+
+def _rate(text: str) -> float:
+    return 0.0 if text == "-" else float(text[:-1]) * 1000 if text.endswith("k") else float(text)
+
+
+def _bytes(number: str, unit: str) -> float:
+    return float(number) * 1024 ** ["B", "KiB", "MiB", "GiB", "TiB"].index(unit)
+
+
+class Writer:
+    """Appends numbered lines to a file until stopped, so that rates move."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        count = 0
+        while not self._stop.wait(0.05):
+            with open(self._path, "ab") as f:
+                f.write(numbered(count, 50))
+            count += 50
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def agent_of(workdir: Path, etcd, kafka, name: str, prefix: str, **status) -> Agent:
+    workdir.mkdir(exist_ok=True)
+    return Agent(workdir, etcd, kafka, [prefix + "hosts/{name}"], agent={"name": name},
+                 status={"prefix": prefix + "agents/", "ttl": 3, "interval": 0.5, **status})
+
+
+@pytest.fixture
+def prefix():
+    return f"/{unique('top')}/"
+
+
+@pytest.fixture
+def terminals():
+    opened: list[Terminal] = []
+
+    def open_terminal(*args, **kwargs) -> Terminal:
+        opened.append(Terminal(*args, **kwargs))
+        return opened[-1]
+    yield open_terminal
+    for terminal in opened:
+        terminal.close()
+
+
+def test_top_shows_an_agent_its_rate_and_its_lag_while_kafka_is_down(
+        etcd, own_kafka, prefix, topic, terminals, tmp_path):
+    if own_kafka.proc is None:
+        own_kafka.start()
+    agent = agent_of(tmp_path / "web-a", etcd, own_kafka, "web-a", prefix)
+    log = agent.workdir / "app.log"
+    log.write_bytes(b"")
+    etcd.put(prefix + "hosts/web-a", [{"path": str(log), "topic": topic}])
+    terminal = terminals(tmp_path, top_command(agent.config_path, "--interval", "0.5"))
+    terminal.wait(lambda s: "no agent under the status prefix" in s, "an empty fleet")
+    writer = None
+    try:
+        agent.start().wait_log(f"worker started path={log}")
+        terminal.wait(lambda s: (r := row(s, "web-a")) and "shipping" in r["line"],
+                      "the agent appearing, shipping")
+        writer = Writer(log)
+        terminal.wait(lambda s: (r := row(s, "web-a")) and r["rate"] > 0, "its lines/s moving")
+        terminal.press("f")
+        terminal.wait(lambda s: (r := row(s, "…" + str(log)[-23:])) and r["rate"] > 0,
+                      "its file under it, cut on the left to fit")
+        terminal.press("s")
+        terminal.wait(lambda s: "sorted by lines/s" in s, "the sort cycled")
+        own_kafka.stop()
+        held = terminal.wait(lambda s: (r := row(s, "web-a")) and "held" in r["line"]
+                             and r["lag"] > 0, "the agent held, with lag", timeout=60)
+        lag = row(held, "web-a")["lag"]
+        terminal.wait(lambda s: (r := row(s, "web-a")) and r["lag"] > lag, "its lag growing")
+        writer.stop()
+        own_kafka.start()
+        terminal.wait(lambda s: (r := row(s, "web-a")) and "shipping" in r["line"]
+                      and r["lag"] == 0, "shipping again, its lag gone", timeout=90)
+        terminal.press("q")
+        wait_until(lambda: terminal.exit_status() is not None, 10, "top to exit")
+        assert terminal.exit_status() == 0
+    finally:
+        if writer is not None:
+            writer.stop()
+        if agent.proc is not None:
+            agent.kill()
+
+
+def test_top_marks_a_stale_agent_and_drops_one_whose_lease_expired(
+        etcd, kafka, prefix, topic, terminals, tmp_path):
+    agent = agent_of(tmp_path / "idle", etcd, kafka, "idle-1", prefix, ttl=8)
+    etcd.put(prefix + "hosts/idle-1", [{"path": str(agent.workdir / "idle.log"), "topic": topic}])
+    agent.start().wait_log("worker started")
+    viewer = agent_of(tmp_path / "viewer", etcd, kafka, "viewer", prefix, ttl=2)
+    terminal = terminals(tmp_path, top_command(viewer.config_path, "--interval", "0.3"))
+    try:
+        terminal.wait(lambda s: (r := row(s, "idle-1")) and "stale" in r["line"],
+                      "an agent whose document stopped moving, marked stale")
+        piped = logship("top", "--config", viewer.config_path)
+        assert piped.returncode == 0, piped.stderr
+        assert b"\x1b" not in piped.stdout and b"idle-1" in piped.stdout
+        agent.kill()
+        terminal.wait(lambda s: row(s, "idle-1") is None, "the agent gone with its lease")
+    finally:
+        if agent.proc is not None:
+            agent.kill()
+
+
+def test_top_in_a_small_terminal_and_through_an_etcd_outage(
+        kafka, prefix, terminals, tmp_path_factory, tmp_path):
+    etcd = Etcd(tmp_path_factory.mktemp("etcd-top") / "data")
+    etcd.start()
+    try:
+        viewer = agent_of(tmp_path, etcd, kafka, "viewer", prefix)
+        terminal = terminals(tmp_path, top_command(viewer.config_path, "--interval", "0.3"),
+                             width=60, height=20)
+        terminal.wait(lambda s: "terminal too small: 60x20" in s, "too small, said")
+        terminal.resize(80, 24)
+        terminal.wait(lambda s: "no agent under the status prefix" in s, "drawn at 80x24")
+        etcd.stop()
+        screen = terminal.wait(lambda s: "retrying every 0.3s" in s, "etcd down, on screen")
+        assert f"etcd {etcd.address}" in screen and "Traceback" not in screen
+        etcd.start()
+        terminal.wait(lambda s: "retrying" not in s, "etcd back, the message gone", timeout=60)
+        terminal.press("q")
+        wait_until(lambda: terminal.exit_status() is not None, 10, "top to exit")
+        assert terminal.exit_status() == 0
+    finally:
+        etcd.stop()
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--interval", "0"], "--interval: must be a number of seconds above 0, got '0'"),
+    (["--interval", "soon"], "--interval: must be a number of seconds above 0, got 'soon'"),
+    (["--agent", "nosuch-agent"], "agent nosuch-agent: no status under "),
+])
+def test_top_refuses_bad_input_in_one_line(etcd, kafka, prefix, tmp_path, args, error):
+    viewer = agent_of(tmp_path, etcd, kafka, "viewer", prefix)
+    result = logship("top", "--config", viewer.config_path, *args)
+    assert result.returncode == 1
+    [line] = result.stderr.decode().splitlines()
+    assert line.startswith(f"logship: error: {error}"), line
+
+
+def test_top_with_etcd_down_at_start_is_one_line(kafka, prefix, tmp_path):
+    viewer = agent_of(tmp_path, ["127.0.0.1:1"], kafka, "viewer", prefix)
+    result = logship("top", "--config", viewer.config_path)
+    assert result.returncode == 1
+    [line] = result.stderr.decode().splitlines()
+    assert line.startswith("logship: error: ") and "127.0.0.1:1" in line, line
