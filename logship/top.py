@@ -210,10 +210,9 @@ def _headline(frame: Frame) -> Text:
     files = sum(row.files_total for row in frame.rows)
     rate = sum(row.rate or 0.0 for row in frame.rows)
     text = (f"logship top: {plural(len(frame.rows), 'agent', 'agents')}, "
-            f"{plural(files, 'file', 'files')}, {_rate(rate)} lines/s, "
-            f"sorted by {frame.sort.value}")
+            f"{plural(files, 'file', 'files')}, {_rate(rate)} lines/s, sort: {frame.sort.value}")
     if frame.live:
-        text += "  [q quit, f files, s sort]"
+        text += "  [q quit f files s sort]"
     return Text(text, style="bold", no_wrap=True, overflow="ellipsis")
 
 

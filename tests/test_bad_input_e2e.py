@@ -131,7 +131,7 @@ def test_lines_beside_records_too_large_for_the_broker_arrive(
                           "the neighbours of the oversized lines")
     values = [r.value for r in topic_reader.settle(1.0)]
     # Records aborted beside the culprit may have reached the broker (duplicates, no loss);
-    # those resent one by one may come after a later line (the README says so): the
+    # those resent one by one may come after a later line (docs/delivery.md says so): the
     # neighbours all arrive, and nothing of the oversized lines does.
     assert set(values) == {b"before", b"mid", b"after"}
     agent.wait_log(f"path={log} topic={topic}: 1 line refused by the broker as too large",

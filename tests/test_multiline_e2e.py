@@ -1,6 +1,6 @@
 """Multiline events through the real agent, on both Kafka clients: one record per event,
 a checkpoint never inside an event (kill -9 mid-event re-sends it whole), the last
-event released after its timeout and at SIGTERM, and the README's Java recipes."""
+event released after its timeout and at SIGTERM, and the Java recipes of docs/etcd-value.md."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from harness import header, unique, wait_until
 
 pytestmark = pytest.mark.e2e
 STACK = {"pattern": r"^\s", "timeout": 1}
-# The README's recipes: a bare Java trace, and log lines that start with a date.
+# The recipes of docs/etcd-value.md: a bare Java trace, and log lines that start with a date.
 JAVA_TRACE = {"pattern": r"^(\s|Caused by:)", "timeout": 1}
 DATED = {"pattern": r"^\d{4}-\d{2}-\d{2}", "negate": True, "timeout": 1}
 # As the JVM prints it: causes, a suppressed exception, and frames in common elided.

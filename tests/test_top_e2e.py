@@ -157,7 +157,7 @@ def test_top_shows_an_agent_its_rate_and_its_lag_while_kafka_is_down(
         terminal.wait(lambda s: (r := row(s, "…" + str(log)[-23:])) and r["rate"] > 0,
                       "its file under it, cut on the left to fit")
         terminal.press("s")
-        terminal.wait(lambda s: "sorted by lines/s" in s, "the sort cycled")
+        terminal.wait(lambda s: "sort: lines/s" in s, "the sort cycled")
         own_kafka.stop()
         held = terminal.wait(lambda s: (r := row(s, "web-a")) and "held" in r["line"]
                              and r["lag"] > 0, "the agent held, with lag", timeout=60)
