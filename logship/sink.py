@@ -53,6 +53,11 @@ class Delivery(Protocol):
     def failures(self) -> list[tuple[int, BaseException]]:
         """(index of the line in the batch, error) of each failed record; once done."""
 
+    def handed_off(self) -> bool:
+        """The client holds none of the batch's records any more (the broker settled
+        them), though the batch may not count as acknowledged yet: at exactly-once it
+        waits for its transaction's commit."""
+
 
 @dataclass
 class Sent:

@@ -172,6 +172,8 @@ class BatchDelivery:
     def done(self) -> bool:
         return self.acked == self.total
 
+    handed_off = done
+
     def failures(self) -> list[tuple[int, BaseException]]:
         return line_failures(sorted(self.errors, key=lambda failure: failure[0]), self.skipped)
 

@@ -208,6 +208,8 @@ class FutureDelivery:
     def done(self) -> bool:
         return self.futures[-1].is_done and all(f.is_done for f in self.futures)
 
+    handed_off = done
+
     def failures(self) -> list[tuple[int, BaseException]]:
         return line_failures([(i, f.exception) for i, f in enumerate(self.futures)
                               if f.exception is not None], self.skipped)

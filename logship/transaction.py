@@ -160,22 +160,24 @@ class Transaction:
 
 class TransactionDelivery:
     """A batch is acknowledged when its transaction commits, never before; an aborted
-    batch is never acknowledged (its worker reads again from its committed offset)."""
+    batch is never acknowledged (its worker reads again from its committed offset). Its
+    records' own acknowledgements by the broker come before: the worker is woken by
+    them too, to give back what the client held of the batch (`handed_off`)."""
 
-    __slots__ = ("transaction",)
+    __slots__ = ("transaction", "inner")
 
-    def __init__(self, transaction: Transaction) -> None:
+    def __init__(self, transaction: Transaction, inner: Delivery | None) -> None:
         self.transaction = transaction
+        self.inner = inner
 
     def done(self) -> bool:
         return self.transaction.committed
 
+    def handed_off(self) -> bool:
+        return self.inner is None or self.inner.done()
+
     def failures(self) -> list[tuple[int, BaseException]]:
         return []       # a commit means every record of it was written
-
-
-def _ignore() -> None:
-    """A record's own acknowledgement: a batch is settled by its commit instead."""
 
 
 class TransactionalSink(Sink):
@@ -280,7 +282,7 @@ class TransactionalSink(Sink):
             self._due.set()
             return Sent(0, unavailable=str(exc))
         try:
-            sent = self._inner._produce_job(replace(job, wake=_ignore))
+            sent = self._inner._produce_job(job)
         except Exception as exc:
             # Part of the batch may be in the transaction: it must not commit. The loop
             # aborts it, and the worker reads again from its committed offsets.
@@ -304,7 +306,7 @@ class TransactionalSink(Sink):
             if self._finished:
                 with self._pending_lock:
                     self._finished.pop(key, None)
-        sent.delivery = TransactionDelivery(transaction)
+        sent.delivery = TransactionDelivery(transaction, sent.delivery)
         if transaction.records >= MAX_RECORDS:
             self._due.set()
 

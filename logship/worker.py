@@ -54,6 +54,7 @@ class InFlight:
     sent_at: float
     cost: int                         # memory, against the in-flight bounds
     nbytes: int = field(init=False)
+    handed_off: bool = False          # the client's share of `cost` given back
 
     def __post_init__(self) -> None:
         self.nbytes = sum(map(len, self.lines))
@@ -61,6 +62,10 @@ class InFlight:
     def done(self) -> bool:
         delivery = self.sent.delivery
         return delivery is None or delivery.done()
+
+    def settled_by_broker(self) -> bool:
+        delivery = self.sent.delivery
+        return delivery is None or delivery.handed_off()
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,8 @@ class Worker(Service):
         self._outage: Backoff | None = None
         self._pending_lines = 0
         self._pending_bytes = 0     # the cost of the batches in flight
+        self._handed_off = 0        # the leading batches in flight that only await a commit
+        self._handed_off_lines = 0
         self._queued_cost = 0       # the cost of the queued chunk's lines not yet sent
         self._reserved = 0          # budget reserved for the next read
         self._tailer: Tailer | None = None
@@ -185,7 +192,8 @@ class Worker(Service):
                 tailer.watch_name(time.monotonic())
                 self._send_batch()
             elif self._queued is not None or self._file_full() or not self._reserve():
-                self._sink.hurry()
+                if self._held_by_commit():
+                    self._sink.hurry()
                 self._wait(self._files.poll_interval)
             elif not self._read(tailer) and not self._release_held(time.monotonic()):
                 self._close_rotated(tailer, time.monotonic())
@@ -204,6 +212,7 @@ class Worker(Service):
         self._pending.clear()
         self._queued, self._queued_at = None, 0
         self._pending_lines = self._pending_bytes = self._queued_cost = 0
+        self._handed_off = self._handed_off_lines = 0
         self._processor = self._new_processor()
         if not self._sink.wait_ready(self.stopping):
             return
@@ -319,9 +328,17 @@ class Worker(Service):
                                                                    current.read_pos)
         return None
 
+    def _held_by_commit(self) -> bool:
+        """Exactly-once: a commit would free what holds this worker back (the bytes of
+        lines that only await theirs, against the file's bound or the agent's budget);
+        lines the broker has not settled yet are waited for, not hurried."""
+        unsettled = self._pending_lines - self._handed_off_lines
+        return self._handed_off > 0 and unsettled < self._files.max_in_flight_lines
+
     def _file_full(self) -> bool:
-        """This file's own in-flight bound: what may be sent."""
-        return (self._pending_lines >= self._files.max_in_flight_lines
+        """This file's own in-flight bound: what may be sent. Lines the broker holds and
+        that only await their transaction's commit are bounded by the transaction."""
+        return (self._pending_lines - self._handed_off_lines >= self._files.max_in_flight_lines
                 or self._pending_bytes >= self._files.max_in_flight_bytes)
 
     def _reserve(self) -> bool:
@@ -400,12 +417,35 @@ class Worker(Service):
             batch = self._pending.popleft()
             self._pending_lines -= batch.sent.handed_over
             self._pending_bytes -= batch.cost
+            if batch.handed_off:
+                self._handed_off -= 1
+                self._handed_off_lines -= batch.sent.handed_over
             self._sink.budget.give(batch.cost)
             self._account(batch)
             batch.file.acked_offset = batch.end_offset
             touched.add(batch.file)
         if touched:
             self._publish(touched)
+        self._give_back_handed_off()
+
+    def _give_back_handed_off(self) -> None:
+        """Exactly-once: a batch the broker has settled waits for its transaction's commit
+        to count as acknowledged, but the client no longer holds it. Its client's share of
+        the memory bound goes back now, and its lines leave the file's bound: a busy file
+        would otherwise wait for a commit every few thousand lines. Only the leading settled
+        batches are given back, so that they stay a prefix of the deque; at least once, a
+        batch is popped the moment it is settled, so there is none."""
+        for index in range(self._handed_off, len(self._pending)):
+            batch = self._pending[index]
+            if not batch.settled_by_broker():
+                return
+            share = self._sink.record_cost * batch.sent.handed_over
+            batch.cost -= share
+            batch.handed_off = True
+            self._pending_bytes -= share
+            self._sink.budget.give(share)
+            self._handed_off += 1
+            self._handed_off_lines += batch.sent.handed_over
 
     def _account(self, batch: InFlight) -> None:
         failures = batch.sent.delivery.failures() if batch.sent.delivery else []

@@ -217,3 +217,20 @@ def test_a_reload_from_at_least_once_carries_every_position_over(etcd, kafka, ma
     assert writer.written < total, "the switch came after the last line was written"
     writer.join()
     every_line_once("switch to exactly-once", committed, total)
+
+
+def test_a_file_bound_does_not_force_a_commit_per_bound(etcd, kafka, make_agent, reader, key,
+                                                        topic, tmp_path):
+    """Lines the broker has acknowledged leave the file's in-flight bound while they wait
+    for their commit: a file bounded at 100 lines ships 20,000 of them in a transaction
+    or two (one per transaction_interval of 5 s), not in one per batch sent (1,000 lines:
+    20 commits), each forced by the full bound."""
+    log = tmp_path / "app.log"
+    log.write_bytes(numbered(0, 20_000))
+    etcd.put(key, [entry(log, topic, read_from="beginning")])
+    agent = make_agent(etcd, kafka, [key])
+    agent.config["files"]["max_in_flight_lines"] = 100
+    agent = exactly_once(agent, transaction_interval=5).start()
+    committed = reader(topic, committed=True)
+    every_line_once("file bound", committed, 20_000)
+    assert agent.metric("logship_kafka_transactions_total", result="committed") <= 5
