@@ -20,7 +20,7 @@ import termios
 import threading
 import time
 import tty
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -331,7 +331,8 @@ class Poller:
     def stop(self) -> None:
         """A read still waiting on etcd after the join is left to the daemon thread."""
         self.stopping.set()
-        self._thread.join(5)
+        if self._thread.ident is not None:
+            self._thread.join(5)
         if not self._thread.is_alive():
             self._drop_session()
 
@@ -364,26 +365,29 @@ class Options:
 
 
 def top(config: Config, options: Options) -> int:
-    """Live when stdout and stdin are a terminal; else one frame, as `logship status`."""
+    """Live when stdout and stdin are a terminal; else one frame, as `logship status`.
+    Ctrl-C ends it as `q` does."""
     poller = Poller(config, options.interval, options.agents)
-    documents = poller.read()
-    missing = [name for name in options.agents if name not in {d.get("name") for d in documents}]
-    if missing:
-        raise LogshipError(f"agent {', '.join(missing)}: no status under "
-                           f"{config.status.prefix} (not running, or stopped longer ago "
-                           f"than status.ttl)")
-    screen = Screen(Fleet(), config.status.ttl, options.show_files)
-    console = Console()
-    if not (console.is_terminal and sys.stdin.isatty()):
-        screen.read(documents, time.time())
-        console.print(render(screen.frame(None, live=False), console.width, None))
-        return 0
-    poller.start(documents)
     try:
-        _live(console, poller, screen)
+        documents = poller.read()
+        missing = [name for name in options.agents
+                   if name not in {d.get("name") for d in documents}]
+        if missing:
+            raise LogshipError(f"agent {', '.join(missing)}: no status under "
+                               f"{config.status.prefix} (not running, or stopped longer ago "
+                               f"than status.ttl)")
+        screen = Screen(Fleet(), config.status.ttl, options.show_files)
+        console = Console()
+        if not (console.is_terminal and sys.stdin.isatty()):
+            screen.read(documents, time.time())
+            console.print(render(screen.frame(None, live=False), console.width, None))
+            return 0
+        poller.start(documents)
+        with suppress(KeyboardInterrupt):
+            _live(console, poller, screen)
+        return 0
     finally:
         poller.stop()
-    return 0
 
 
 @dataclass

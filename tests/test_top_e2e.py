@@ -181,10 +181,10 @@ def test_top_marks_a_stale_agent_and_drops_one_whose_lease_expired(
         etcd, kafka, prefix, topic, terminals, tmp_path):
     agent = agent_of(tmp_path / "idle", etcd, kafka, "idle-1", prefix, ttl=8)
     etcd.put(prefix + "hosts/idle-1", [{"path": str(agent.workdir / "idle.log"), "topic": topic}])
-    agent.start().wait_log("worker started")
     viewer = agent_of(tmp_path / "viewer", etcd, kafka, "viewer", prefix, ttl=2)
-    terminal = terminals(tmp_path, top_command(viewer.config_path, "--interval", "0.3"))
     try:
+        agent.start().wait_log("worker started")
+        terminal = terminals(tmp_path, top_command(viewer.config_path, "--interval", "0.3"))
         terminal.wait(lambda s: (r := row(s, "idle-1")) and "stale" in r["line"],
                       "an agent whose document stopped moving, marked stale")
         piped = logship("top", "--config", viewer.config_path)
@@ -197,7 +197,7 @@ def test_top_marks_a_stale_agent_and_drops_one_whose_lease_expired(
             agent.kill()
 
 
-def test_top_in_a_small_terminal_and_through_an_etcd_outage(
+def test_top_in_a_small_terminal_through_an_etcd_outage_and_ctrl_c(
         kafka, prefix, terminals, tmp_path_factory, tmp_path):
     etcd = Etcd(tmp_path_factory.mktemp("etcd-top") / "data")
     etcd.start()
@@ -213,9 +213,10 @@ def test_top_in_a_small_terminal_and_through_an_etcd_outage(
         assert f"etcd {etcd.address}" in screen and "Traceback" not in screen
         etcd.start()
         terminal.wait(lambda s: "retrying" not in s, "etcd back, the message gone", timeout=60)
-        terminal.press("q")
-        wait_until(lambda: terminal.exit_status() is not None, 10, "top to exit")
+        terminal.press("C-c")
+        wait_until(lambda: terminal.exit_status() is not None, 10, "top to exit on Ctrl-C")
         assert terminal.exit_status() == 0
+        assert "Traceback" not in terminal.screen()
     finally:
         etcd.stop()
 
