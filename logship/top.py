@@ -349,12 +349,14 @@ def _keys() -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, before)
 
 
-def _key(timeout: float) -> str | None:
+def _keys_pressed(timeout: float) -> str:
+    """The keys typed since the last look (several may come in one read); end of input
+    quits."""
     ready, _, _ = select.select([sys.stdin], [], [], timeout)
     if not ready:
-        return None
+        return ""
     data = os.read(sys.stdin.fileno(), 32)
-    return data.decode(errors="replace")[:1] if data else "q"
+    return data.decode(errors="replace") if data else "q"
 
 
 @dataclass
@@ -424,10 +426,10 @@ def _live(console: Console, poller: Poller, screen: Screen) -> None:
             latest = poller.latest()
             if latest is not None:
                 screen.read(*latest)
-            key = _key(KEY_POLL)
-            if key == "q":
+            keys = _keys_pressed(KEY_POLL)
+            if "q" in keys:
                 return
-            if key is not None:
+            for key in keys:
                 screen.press(key)
             state = (console.size, screen.read_at, screen.sort, screen.show_files,
                      poller.problem, int(time.time()))

@@ -53,6 +53,13 @@ class Terminal:
     def resize(self, width: int, height: int) -> None:
         self._tmux("resize-window", "-t", "top", "-x", width, "-y", height)
 
+    def wait_exit(self, what: str) -> int:
+        try:
+            wait_until(lambda: self.exit_status() is not None, 30, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the screen:\n{self.screen()}") from None
+        return self.exit_status()
+
     def exit_status(self) -> int | None:
         """None while it runs; the exit code, or 128 + the signal that ended it."""
         dead, status, signum = (self._tmux("display-message", "-p", "-t", "top",
@@ -168,8 +175,7 @@ def test_top_shows_an_agent_its_rate_and_its_lag_while_kafka_is_down(
         terminal.wait(lambda s: (r := row(s, "web-a")) and "shipping" in r["line"]
                       and r["lag"] == 0, "shipping again, its lag gone", timeout=90)
         terminal.press("q")
-        wait_until(lambda: terminal.exit_status() is not None, 10, "top to exit")
-        assert terminal.exit_status() == 0
+        assert terminal.wait_exit("top to exit on q") == 0
     finally:
         if writer is not None:
             writer.stop()
@@ -214,8 +220,7 @@ def test_top_in_a_small_terminal_through_an_etcd_outage_and_ctrl_c(
         etcd.start()
         terminal.wait(lambda s: "retrying" not in s, "etcd back, the message gone", timeout=60)
         terminal.press("C-c")
-        wait_until(lambda: terminal.exit_status() is not None, 10, "top to exit on Ctrl-C")
-        assert terminal.exit_status() == 0
+        assert terminal.wait_exit("top to exit on Ctrl-C") == 0
         assert "Traceback" not in terminal.screen()
     finally:
         etcd.stop()
