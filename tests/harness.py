@@ -80,6 +80,13 @@ def logship(*args: str, stdin: bytes | None = None, **kwargs) -> subprocess.Comp
                           capture_output=True, timeout=120, **kwargs)
 
 
+def as_in_a_terminal() -> None:
+    """For preexec_fn: Ctrl-C stops a terminal's foreground job, even when the test suite
+    itself was started in the background, where SIGINT is ignored and its children
+    inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def without_module(directory: Path, module: str) -> dict[str, str]:
     """An environment in which `module` cannot be imported, as on a host where it was
     never installed: a package of that name that raises what a missing one raises."""

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from harness import SCRIPTS, free_port_pair, port_open
+from harness import SCRIPTS, as_in_a_terminal, free_port_pair, port_open
 
 
 @pytest.mark.parametrize("script, usage", [
@@ -24,12 +24,6 @@ def test_every_script_says_its_usage(script, usage):
                                                                   f"{usage}\n")
 
 
-def _as_in_a_terminal() -> None:
-    """Ctrl-C stops a terminal's foreground job, even when the test suite itself was
-    started in the background, where SIGINT is ignored and its children inherit that."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.mark.e2e
 def test_a_started_service_outlives_ctrl_c_in_the_terminal_that_started_it(tmp_path):
     port, data = free_port_pair(), tmp_path / "etcd"
@@ -37,7 +31,7 @@ def test_a_started_service_outlives_ctrl_c_in_the_terminal_that_started_it(tmp_p
     terminal = subprocess.Popen(["bash", "-c", f"'{SCRIPTS}/local-etcd.sh' start {port} '{data}'"
                                                f" && exec sleep 600"],
                                 start_new_session=True, stdout=subprocess.PIPE, text=True,
-                                preexec_fn=_as_in_a_terminal)
+                                preexec_fn=as_in_a_terminal)
     try:
         assert terminal.stdout.readline() == (      # printed once the port answers
             f"started etcd on 127.0.0.1:{port} (data in {data}); it keeps running after the "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Agent, Etcd, logship, numbered, unique, wait_until
+from harness import Agent, Etcd, as_in_a_terminal, logship, numbered, unique, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -32,8 +32,10 @@ class Terminal:
                    shlex.join(command))
 
     def _tmux(self, *args) -> str:
+        """The server, started by the first call, passes Ctrl-C to its panes' commands."""
         return subprocess.run(["tmux", "-L", self._socket, *map(str, args)], check=True,
-                              capture_output=True, timeout=10).stdout.decode()
+                              capture_output=True, timeout=10,
+                              preexec_fn=as_in_a_terminal).stdout.decode()
 
     def screen(self) -> str:
         return self._tmux("capture-pane", "-p", "-t", "top")
