@@ -54,7 +54,6 @@ class InFlight:
     sent_at: float
     cost: int                         # memory, against the in-flight bounds
     nbytes: int = field(init=False)
-    handed_off: bool = False          # the client's share of `cost` given back
 
     def __post_init__(self) -> None:
         self.nbytes = sum(map(len, self.lines))
@@ -102,7 +101,9 @@ class Worker(Service):
         self._outage: Backoff | None = None
         self._pending_lines = 0
         self._pending_bytes = 0     # the cost of the batches in flight
-        self._handed_off = 0        # the leading batches in flight that only await a commit
+        # The leading batches in flight that only await their commit (exactly-once), and
+        # their lines: the client's share of their cost has been given back.
+        self._handed_off = 0
         self._handed_off_lines = 0
         self._queued_cost = 0       # the cost of the queued chunk's lines not yet sent
         self._reserved = 0          # budget reserved for the next read
@@ -332,13 +333,16 @@ class Worker(Service):
         """Exactly-once: a commit would free what holds this worker back (the bytes of
         lines that only await theirs, against the file's bound or the agent's budget);
         lines the broker has not settled yet are waited for, not hurried."""
-        unsettled = self._pending_lines - self._handed_off_lines
-        return self._handed_off > 0 and unsettled < self._files.max_in_flight_lines
+        return self._handed_off > 0 and self._unsettled_lines() < self._files.max_in_flight_lines
+
+    def _unsettled_lines(self) -> int:
+        """In flight and not settled by the broker: what the file's line bound holds."""
+        return self._pending_lines - self._handed_off_lines
 
     def _file_full(self) -> bool:
         """This file's own in-flight bound: what may be sent. Lines the broker holds and
         that only await their transaction's commit are bounded by the transaction."""
-        return (self._pending_lines - self._handed_off_lines >= self._files.max_in_flight_lines
+        return (self._unsettled_lines() >= self._files.max_in_flight_lines
                 or self._pending_bytes >= self._files.max_in_flight_bytes)
 
     def _reserve(self) -> bool:
@@ -417,7 +421,7 @@ class Worker(Service):
             batch = self._pending.popleft()
             self._pending_lines -= batch.sent.handed_over
             self._pending_bytes -= batch.cost
-            if batch.handed_off:
+            if self._handed_off:                # the popped batch led the handed-off ones
                 self._handed_off -= 1
                 self._handed_off_lines -= batch.sent.handed_over
             self._sink.budget.give(batch.cost)
@@ -441,7 +445,6 @@ class Worker(Service):
                 return
             share = self._sink.record_cost * batch.sent.handed_over
             batch.cost -= share
-            batch.handed_off = True
             self._pending_bytes -= share
             self._sink.budget.give(share)
             self._handed_off += 1

@@ -31,7 +31,8 @@ def entry(path, topic, **extra):
 
 
 class Writer(threading.Thread):
-    """Appends numbered lines at a given rate; `written` says how far it got."""
+    """Appends numbered lines at a given rate, up to `total` or until stopped; `written`
+    says how far it got."""
 
     def __init__(self, path, total: int, rate: float, batch: int = 200, rotate_every: int = 0,
                  after_rename: int = 0) -> None:
@@ -40,11 +41,16 @@ class Writer(threading.Thread):
         self.rotate_every, self.after_rename = rotate_every, after_rename
         self.written = 0
         self.rotations = 0
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(5)
 
     def run(self) -> None:
         handle = open(self.path, "ab")
         started = time.monotonic()
-        while self.written < self.total:
+        while self.written < self.total and not self._stopped.is_set():
             count = min(self.batch, self.total - self.written)
             if self.rotate_every:
                 count = min(count, self.rotate_every - self.written % self.rotate_every)

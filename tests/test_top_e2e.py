@@ -3,18 +3,15 @@ and the screen is read back with capture-pane."""
 
 from __future__ import annotations
 
-import json
-import re
 import shlex
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
-from harness import Agent, Etcd, as_in_a_terminal, logship, numbered, unique, wait_until
+from harness import Agent, Etcd, as_in_a_terminal, logship, unique, wait_until
+from test_delivery_e2e import Writer
 
 pytestmark = pytest.mark.e2e
 
@@ -101,27 +98,6 @@ def _bytes(number: str, unit: str) -> float:
     return float(number) * 1024 ** ["B", "KiB", "MiB", "GiB", "TiB"].index(unit)
 
 
-class Writer:
-    """Appends numbered lines to a file until stopped, so that rates move."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        count = 0
-        while not self._stop.wait(0.05):
-            with open(self._path, "ab") as f:
-                f.write(numbered(count, 50))
-            count += 50
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
 def agent_of(workdir: Path, etcd, kafka, name: str, prefix: str, **status) -> Agent:
     workdir.mkdir(exist_ok=True)
     return Agent(workdir, etcd, kafka, [prefix + "hosts/{name}"], agent={"name": name},
@@ -160,7 +136,8 @@ def test_top_shows_an_agent_its_rate_and_its_lag_while_kafka_is_down(
         agent.start().wait_log(f"worker started path={log}")
         terminal.wait(lambda s: (r := row(s, "web-a")) and "shipping" in r["line"],
                       "the agent appearing, shipping")
-        writer = Writer(log)
+        writer = Writer(log, total=10**9, rate=1000, batch=50)
+        writer.start()
         terminal.wait(lambda s: (r := row(s, "web-a")) and r["rate"] > 0, "its lines/s moving")
         terminal.press("f")
         terminal.wait(lambda s: (r := row(s, "…" + str(log)[-23:])) and r["rate"] > 0,
