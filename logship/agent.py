@@ -199,7 +199,7 @@ class Agent:
             self._reconcile_workers()
         self.managers.supervise(now)
         self.workers.supervise(now)
-        if now - self._swept >= self.config.files.safety_poll_interval:
+        if self.watcher.overflowed or now - self._swept >= self.config.files.safety_poll_interval:
             self._swept = now
             self.watcher.sweep()
             self.discovery.rescan_all()

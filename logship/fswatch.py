@@ -1,10 +1,12 @@
 """The only importer of watchdog: one Observer for the agent, directories watched by name.
 
 Files are followed by name, so we watch their directory (a watch on the file itself
-would stay on the old inode after a rotation). Events are only a hint to read now:
-they coalesce and can be lost on queue overflow, so the agent sweeps the idle files now
-and then (a stat each) and wakes those that changed; a directory that does not exist
-yet is watched once it appears.
+would stay on the old inode after a rotation); a directory that does not exist yet is
+watched once it appears. Events are only a hint to read now. On a local filesystem the
+kernel reports every write but can drop events when its queue overflows: watchdog then
+says so in its log, and the agent sweeps every idle file at once (a stat each) and wakes
+those that changed. On any other filesystem (NFS, FUSE, ...: another host writes
+unseen) the idle files are swept every files.safety_poll_interval.
 
 Glob entries watch a directory tree for names that come and go (never for writes,
 which the kernel then does not even report): a separate watch per (directory,
@@ -26,6 +28,8 @@ from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, Fi
 from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
+from logship.logs import plural
+
 log = logging.getLogger(__name__)
 
 Wake = Callable[[], None]
@@ -40,6 +44,15 @@ _TREE_EVENTS = [FileCreatedEvent, FileDeletedEvent, FileMovedEvent, DirCreatedEv
 
 FileState = tuple[int, int, int]     # (st_dev, st_ino, st_size)
 MISSING: FileState = (0, 0, -1)
+
+# Filesystems whose every write goes through this host's kernel, which reports it to
+# inotify. Unknown ones count as remote: their directories are swept.
+LOCAL_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "zfs", "f2fs",
+                               "jfs", "reiserfs", "bcachefs", "nilfs2"})
+# watchdog 7.1 handles an inotify queue overflow inside its reader thread and tells only
+# its log, with this message, under this logger.
+OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
+OVERFLOW_MESSAGE = "Inotify queue overflowed"
 
 
 @dataclass(eq=False)
@@ -93,6 +106,16 @@ class _DirHandler(FileSystemEventHandler):
                 self._watcher.notify(self._directory, os.path.basename(os.fsdecode(path)))
 
 
+class _OverflowListener(logging.Handler):
+    def __init__(self, overflowed: Callable[[], None]) -> None:
+        super().__init__(logging.WARNING)
+        self._overflowed = overflowed
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith(OVERFLOW_MESSAGE):
+            self._overflowed()
+
+
 class DirWatcher:
     def __init__(self) -> None:
         self._observer = Observer()
@@ -106,16 +129,33 @@ class DirWatcher:
         self._trees: dict[tuple[str, bool], frozenset[TreeSubscription]] = {}
         self._tree_watches: dict[tuple[str, bool], ObservedWatch] = {}
         self._lost_trees: set[tuple[str, bool]] = set()
+        # Watched directories on a local filesystem (copy-on-write under _lock): inotify
+        # reports every change there, and only an overflow makes them worth a sweep.
+        self._local: frozenset[str] = frozenset()
+        # st_dev -> its type, for the directories watched between two sweeps (a device
+        # number can come back with another mount).
+        self._filesystems: dict[int, str | None] = {}
+        self._overflow_listener = _OverflowListener(self._overflowed)
         # Events on followed names, counted on watchdog's thread only: a status that has
         # not seen this move knows no followed file changed (cheap beside a stat each).
         self.changes = 0
+        self.overflowed = False     # since the last sweep: the next one looks at everything
 
     def start(self) -> None:
+        overflows = logging.getLogger(OVERFLOW_LOGGER)
+        if not overflows.isEnabledFor(logging.WARNING):
+            overflows.setLevel(logging.WARNING)     # needed whatever the agent's log level
+        overflows.addHandler(self._overflow_listener)
         self._observer.start()
 
     def stop(self) -> None:
         self._observer.stop()
         self._observer.join(5)
+        logging.getLogger(OVERFLOW_LOGGER).removeHandler(self._overflow_listener)
+
+    def _overflowed(self) -> None:
+        """On watchdog's thread: the kernel dropped events, of any watched directory."""
+        self.overflowed = True
 
     def subscribe(self, path: str, wake: Wake) -> Subscription:
         directory, name = os.path.split(os.path.abspath(path))
@@ -140,7 +180,18 @@ class DirWatcher:
                     self._unwatchable(sub.directory, exc)
                     return
                 self._failed.pop(sub.directory, None)
+                if self._on_local_filesystem(sub.directory):
+                    self._local = self._local | {sub.directory}
             sub.watched = sub.directory in self._watches and sub.directory not in self._lost
+
+    def _on_local_filesystem(self, directory: str) -> bool:
+        try:
+            dev = os.stat(directory).st_dev
+        except OSError:
+            return False
+        if dev not in self._filesystems:
+            self._filesystems[dev] = filesystem(dev)
+        return self._filesystems[dev] in LOCAL_FILESYSTEMS
 
     def _unwatchable(self, directory: str, exc: OSError) -> None:
         """Said once per directory and cause: every worker in it asks again at each poll."""
@@ -157,6 +208,7 @@ class DirWatcher:
             if sub.directory in self._subs:
                 return
             watch = self._watches.pop(sub.directory, None)
+            self._local = self._local - {sub.directory}
         if watch is not None:
             self._unschedule(watch)
 
@@ -197,28 +249,25 @@ class DirWatcher:
             sub.changed()
 
     def sweep(self) -> None:
-        """The safety net for events lost on inotify queue overflow (or never made, as on
-        NFS for another host's writes): one stat per idle file, on the caller's thread,
-        relative to its directory opened once (no path walk per file), and only the
-        subscribers whose file changed are woken (a wake of a thread costs far more than
-        a stat)."""
+        """The safety net for events never made (NFS: another host's writes) or lost (an
+        inotify queue overflow): one stat per idle file, on the caller's thread, relative
+        to its directory opened once (no path walk per file), and only the subscribers
+        whose file changed are woken (a wake of a thread costs far more than a stat).
+        Directories on a local filesystem are left out unless an overflow came since the
+        last sweep: ten thousand idle files there cost no stat at all."""
+        everything, self.overflowed = self.overflowed, False
+        self._filesystems = {}
+        skipped = frozenset() if everything else self._local
+        looked = woken = 0
         for directory, names in self._subs.items():
-            try:
-                dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError:
-                dir_fd = None           # gone: every file in it is missing
-            try:
-                for name, subs in names.items():
-                    state = None
-                    for sub in subs:
-                        if sub.idle_state is not None:
-                            state = state or (file_state(name, dir_fd) if dir_fd is not None
-                                              else MISSING)
-                            if state != sub.idle_state:
-                                sub.wake()
-            finally:
-                if dir_fd is not None:
-                    os.close(dir_fd)
+            if directory not in skipped:
+                counts = _sweep_directory(directory, names)
+                looked, woken = looked + counts[0], woken + counts[1]
+        if everything:
+            log.warning("inotify queue overflowed, events were lost: %s looked at, %d had "
+                        "changed; raise sysctl fs.inotify.max_queued_events (now %s)",
+                        plural(looked, "idle file", "idle files"), woken,
+                        sysctl("fs.inotify.max_queued_events"))
 
     def lost(self, directory: str) -> None:
         """The watched directory itself was deleted, and its watch with it. Called on
@@ -232,7 +281,9 @@ class DirWatcher:
 
     def _drop_lost(self) -> None:
         while self._lost:
-            watch = self._watches.pop(self._lost.pop(), None)
+            directory = self._lost.pop()
+            self._local = self._local - {directory}
+            watch = self._watches.pop(directory, None)
             if watch is not None:
                 self._unschedule(watch)
 
@@ -264,16 +315,60 @@ LIMITS = {errno.ENOSPC: "fs.inotify.max_user_watches",
           errno.EMFILE: "fs.inotify.max_user_instances"}
 
 
+def _sweep_directory(directory: str, names: dict[str, frozenset[Subscription]]
+                     ) -> tuple[int, int]:
+    """(idle files looked at, subscribers woken)."""
+    looked = woken = 0
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        dir_fd = None           # gone: every file in it is missing
+    try:
+        for name, subs in names.items():
+            state = None
+            for sub in subs:
+                if sub.idle_state is not None:
+                    if state is None:
+                        looked += 1
+                        state = file_state(name, dir_fd) if dir_fd is not None else MISSING
+                    if state != sub.idle_state:
+                        woken += 1
+                        sub.wake()
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+    return looked, woken
+
+
 def watch_failure(exc: OSError) -> str:
     """Why a directory cannot be watched; a kernel limit is named with its sysctl."""
-    sysctl = LIMITS.get(exc.errno)
-    if sysctl is None:
+    name = LIMITS.get(exc.errno)
+    if name is None:
         return exc.strerror or str(exc)
+    return f"{exc.strerror or exc}: the limit is sysctl {name} (now {sysctl(name)}); raise it"
+
+
+def sysctl(name: str) -> str:
     try:
-        now = open(f"/proc/sys/{sysctl.replace('.', '/')}").read().strip()
+        with open(f"/proc/sys/{name.replace('.', '/')}") as f:
+            return f.read().strip()
     except OSError:
-        now = "?"
-    return f"{exc.strerror or exc}: the limit is sysctl {sysctl} (now {now}); raise it"
+        return "?"
+
+
+def filesystem(dev: int) -> str | None:
+    """The type of the filesystem on device `dev`, from this process's mount table (a
+    bind mount has its source's type); None when no mount has that device."""
+    wanted = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if fields[2] == wanted and "-" in fields:
+                    return fields[fields.index("-") + 1]
+    except OSError:
+        pass
+    return None
 
 
 def file_state(path: str, dir_fd: int | None = None) -> FileState:

@@ -76,6 +76,22 @@ def capped_files(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"files_total": total, "files": entries}
 
 
+class Encoder:
+    """A document's JSON, its files encoded once per document built: an idle agent
+    rewrites an unchanged document every status.ttl for its `updated` stamp alone, and
+    2,000 files take 10 ms to encode."""
+
+    def __init__(self) -> None:
+        self._files: tuple[list[dict[str, Any]] | None, str] = (None, "")
+
+    def __call__(self, doc: Document) -> bytes:
+        files = doc["files"]
+        if self._files[0] is not files:
+            self._files = (files, json.dumps(files))
+        head = json.dumps({name: value for name, value in doc.items() if name != "files"})
+        return f'{head[:-1]}, "files": {self._files[1]}}}'.encode()
+
+
 def _file(child: ChildState[Target], owners: list[str]) -> dict[str, Any]:
     target = child.spec
     entry: dict[str, Any] = {"path": target.path, "topic": target.topic, "keys": owners}
@@ -127,6 +143,7 @@ class StatusWriter(Service):
         self._failing = False
         self._mod_revision = 0          # of our last write; 0: the key is not ours
         self._held_by: tuple[Any, Any] | None = None
+        self._encode = Encoder()
 
     def serve(self) -> None:
         self.retry(self._publish, (LogshipError, *ETCD_ERRORS), self._failed, reconnect_backoff())
@@ -175,7 +192,7 @@ class StatusWriter(Service):
 
     def _claim(self, session: EtcdSession, doc: Document, lease: Any) -> bool:
         """Write the document unless another live agent holds the key."""
-        value = json.dumps(doc).encode()
+        value = self._encode(doc)
         for _ in range(2):
             claim = session.put_if_unmoved(self.key, value, lease, self._mod_revision)
             if claim.written:

@@ -67,6 +67,7 @@ class FollowedFile:
         self._partial = b""
         self.fp_len, self.fp = fingerprint(fd, st.st_size)
         self.by_name = opened.real == _resolved(path)
+        self.linked = st.st_nlink > 1
 
     @property
     def identity(self) -> tuple[int, int]:
@@ -253,8 +254,11 @@ class Tailer:
 
     def notified(self) -> bool:
         """Whether inotify on the path's directory reports every change to the open files:
-        not while a rotated file drains, nor for a file reached through a symlink."""
-        return not self.rotated and (self.current is None or self.current.by_name)
+        not while a rotated file drains, nor for a file reached through a symlink, nor for
+        one with other hard links (a write through one of them is an event in its own
+        directory)."""
+        current = self.current
+        return not self.rotated and (current is None or current.by_name and not current.linked)
 
     def take_opened(self) -> list[FollowedFile]:
         """Files opened since the last call: their starting offsets must be saved at once."""
@@ -343,6 +347,7 @@ class Tailer:
             raise SourceError(f"path={shown(self.path)}: not a regular file")
         current = self.current
         if current is not None and current.identity == (st.st_dev, st.st_ino):
+            current.linked = st.st_nlink > 1
             if st.st_size < current.read_pos:
                 _refuse_pseudo_file(self.path, current.fd, st.st_size)
                 log.warning("path=%s truncated (size %d < offset %d); reading from the start",

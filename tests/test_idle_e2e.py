@@ -1,15 +1,18 @@
 """Idle workers sleep until inotify wakes them: with the safety poll an hour away, every
-change to a followed name must still arrive at once. Where no event can come (a
-directory that is gone, a file behind a symlink) the worker polls every poll_interval."""
+change to a followed name must still arrive at once, also one whose event the kernel
+dropped on a queue overflow. Where no event can come (a directory that is gone, a file
+behind a symlink or with another hard link) the worker polls every poll_interval."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+from pathlib import Path
 
 import pytest
 
-from harness import Agent
+from harness import Agent, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -77,16 +80,48 @@ def test_a_file_behind_a_symlink_is_polled(etcd, kafka, make_agent, reader, key,
     assert [r.value for r in reader(topic).wait_count(1, timeout=10)] == [b"through the link"]
 
 
-def test_a_change_inotify_missed_is_found_by_the_agents_sweep(etcd, kafka, make_agent, reader, key,
-                                                              topic, tmp_path):
+def test_a_file_with_another_hard_link_is_polled(etcd, kafka, make_agent, reader, key, topic,
+                                                tmp_path):
     log = tmp_path / "app.log"
     log.write_bytes(b"")
     elsewhere = tmp_path / "other" / "app.log"
     elsewhere.parent.mkdir()
     os.link(log, elsewhere)       # written through this name, the event lands in other/
     etcd.put(key, [{"path": str(log), "topic": topic}])
-    agent: Agent = make_agent(etcd, kafka, [key],
-                              files={**INOTIFY_ONLY, "safety_poll_interval": 0.5}).start()
+    agent: Agent = make_agent(etcd, kafka, [key], files=INOTIFY_ONLY).start()
     agent.wait_log(f"worker started path={log}")
     append(elsewhere, b"no event for app.log\n")
     assert [r.value for r in reader(topic).wait_count(1, timeout=10)] == [b"no event for app.log"]
+
+
+def test_events_lost_on_an_inotify_queue_overflow_are_found_by_a_sweep_at_once(
+        etcd, kafka, make_agent, reader, key, topic, tmp_path):
+    log = tmp_path / "app.log"
+    log.write_bytes(b"")
+    etcd.put(key, [{"path": str(log), "topic": topic}])
+    agent: Agent = make_agent(etcd, kafka, [key], files=INOTIFY_ONLY).start()
+    agent.wait_log(f"worker started path={log}")
+    topic_reader = reader(topic)
+    append(log, b"before\n")
+    topic_reader.wait_count(1, timeout=10)
+    # Its acknowledgement collected, the worker sleeps until an event comes.
+    wait_until(lambda: [cp["offset"] for cp in agent.checkpoints()] == [7], 10,
+               "the line's offset to be saved")
+    agent.proc.send_signal(signal.SIGSTOP)      # nobody reads the kernel's queue now
+    try:
+        flood(tmp_path, int(Path("/proc/sys/fs/inotify/max_queued_events").read_text()))
+        append(log, b"its event is dropped\n")
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+    agent.wait_log("inotify queue overflowed, events were lost: 1 idle file looked at, "
+                   "1 had changed", timeout=10)
+    assert [r.value for r in topic_reader.wait_count(2, timeout=10)] == [b"before",
+                                                                         b"its event is dropped"]
+
+
+def flood(directory: Path, events: int) -> None:
+    """More events than the kernel queues: names that come and go (two events each)."""
+    for i in range(events // 2 + 100):
+        path = directory / f"flood-{i}"
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY))
+        os.unlink(path)

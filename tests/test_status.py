@@ -11,7 +11,7 @@ import pytest
 
 from logship.config import expand_key, parse_config
 from logship.errors import ConfigError
-from logship.status import MAX_FILES, capped_files, parse_documents, render
+from logship.status import MAX_FILES, Encoder, capped_files, parse_documents, render
 
 BASE = {"etcd": {"endpoints": ["127.0.0.1:2379"], "keys": ["k"]},
         "kafka": {"bootstrap_servers": ["127.0.0.1:9092"]}}
@@ -55,6 +55,16 @@ def test_the_table_shows_each_agent_then_its_files():
         "web-01:\n"
         "  PATH            TOPIC  STATE  LAG      LAST ERROR\n"
         "  /var/log/a.log  a      held   3.0 MiB")
+
+
+def test_a_document_rewritten_for_its_stamp_alone_encodes_as_a_new_one():
+    encode = Encoder()
+    doc = {**DOC, "files": [dict(entry) for entry in DOC["files"]]}
+    assert json.loads(encode(doc)) == doc
+    doc["updated"] = "2026-12-02T10:00:15+00:00"
+    assert json.loads(encode(doc)) == doc
+    rebuilt = {**doc, "files": [{**doc["files"][0], "lag_bytes": 0}]}
+    assert json.loads(encode(rebuilt)) == rebuilt
 
 
 def test_values_that_are_not_status_documents_are_left_out():
