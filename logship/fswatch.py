@@ -129,9 +129,11 @@ class DirWatcher:
         self._trees: dict[tuple[str, bool], frozenset[TreeSubscription]] = {}
         self._tree_watches: dict[tuple[str, bool], ObservedWatch] = {}
         self._lost_trees: set[tuple[str, bool]] = set()
-        # Watched directories on a local filesystem (copy-on-write under _lock): inotify
-        # reports every change there, and only an overflow makes them worth a sweep.
-        self._local: frozenset[str] = frozenset()
+        # Watched directories on a local filesystem, reached without a symlink, and their
+        # (st_dev, st_ino) when watched (copy-on-write under _lock): inotify reports every
+        # change there while the name still leads to that directory, and only an overflow
+        # makes them worth a sweep.
+        self._local: dict[str, tuple[int, int]] = {}
         # st_dev -> its type, for the directories watched between two sweeps (a device
         # number can come back with another mount).
         self._filesystems: dict[int, str | None] = {}
@@ -180,18 +182,22 @@ class DirWatcher:
                     self._unwatchable(sub.directory, exc)
                     return
                 self._failed.pop(sub.directory, None)
-                if self._on_local_filesystem(sub.directory):
-                    self._local = self._local | {sub.directory}
+                identity = self._local_identity(sub.directory)
+                if identity is not None:
+                    self._local = {**self._local, sub.directory: identity}
             sub.watched = sub.directory in self._watches and sub.directory not in self._lost
 
-    def _on_local_filesystem(self, directory: str) -> bool:
-        try:
-            dev = os.stat(directory).st_dev
-        except OSError:
-            return False
+    def _local_identity(self, directory: str) -> tuple[int, int] | None:
+        """The directory's identity if inotify will see every change in it: on a local
+        filesystem, and not behind a symlink (the watch would be on the link itself, and
+        the link can be pointed elsewhere)."""
+        identity = directory_identity(directory)
+        if identity is None or os.path.realpath(directory) != directory:
+            return None
+        dev = identity[0]
         if dev not in self._filesystems:
             self._filesystems[dev] = filesystem(dev)
-        return self._filesystems[dev] in LOCAL_FILESYSTEMS
+        return identity if self._filesystems[dev] in LOCAL_FILESYSTEMS else None
 
     def _unwatchable(self, directory: str, exc: OSError) -> None:
         """Said once per directory and cause: every worker in it asks again at each poll."""
@@ -208,7 +214,7 @@ class DirWatcher:
             if sub.directory in self._subs:
                 return
             watch = self._watches.pop(sub.directory, None)
-            self._local = self._local - {sub.directory}
+            self._local = _without(self._local, sub.directory)
         if watch is not None:
             self._unschedule(watch)
 
@@ -254,15 +260,20 @@ class DirWatcher:
         to its directory opened once (no path walk per file), and only the subscribers
         whose file changed are woken (a wake of a thread costs far more than a stat).
         Directories on a local filesystem are left out unless an overflow came since the
-        last sweep: ten thousand idle files there cost no stat at all."""
+        last sweep, or their name leads to another directory now: ten thousand idle files
+        there cost one stat per directory."""
         everything, self.overflowed = self.overflowed, False
         self._filesystems = {}
-        skipped = frozenset() if everything else self._local
+        local = {} if everything else self._local
         looked = woken = 0
         for directory, names in self._subs.items():
-            if directory not in skipped:
-                counts = _sweep_directory(directory, names)
-                looked, woken = looked + counts[0], woken + counts[1]
+            identity = local.get(directory)
+            if identity is not None and directory_identity(directory) == identity:
+                continue
+            if identity is not None:
+                self.lost(directory)        # renamed away or replaced: watch the new one
+            counts = _sweep_directory(directory, names)
+            looked, woken = looked + counts[0], woken + counts[1]
         if everything:
             log.warning("inotify queue overflowed, events were lost: %s looked at, %d had "
                         "changed; raise sysctl fs.inotify.max_queued_events (now %s)",
@@ -270,9 +281,10 @@ class DirWatcher:
                         sysctl("fs.inotify.max_queued_events"))
 
     def lost(self, directory: str) -> None:
-        """The watched directory itself was deleted, and its watch with it. Called on
-        watchdog's thread, which holds the observer's lock: only mark it, and wake its
-        subscribers so they poll until they have watched it again."""
+        """The watched directory itself was deleted, and its watch with it (called on
+        watchdog's thread, which holds the observer's lock), or its name leads to another
+        directory now (on the sweep's): only mark it, and wake its subscribers so they
+        poll until they have watched it again."""
         self._lost.add(directory)
         for subs in self._names(directory).values():
             for sub in subs:
@@ -282,7 +294,7 @@ class DirWatcher:
     def _drop_lost(self) -> None:
         while self._lost:
             directory = self._lost.pop()
-            self._local = self._local - {directory}
+            self._local = _without(self._local, directory)
             watch = self._watches.pop(directory, None)
             if watch is not None:
                 self._unschedule(watch)
@@ -313,6 +325,18 @@ class DirWatcher:
 
 LIMITS = {errno.ENOSPC: "fs.inotify.max_user_watches",
           errno.EMFILE: "fs.inotify.max_user_instances"}
+
+
+def _without(local: dict[str, tuple[int, int]], directory: str) -> dict[str, tuple[int, int]]:
+    return {name: identity for name, identity in local.items() if name != directory}
+
+
+def directory_identity(directory: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _sweep_directory(directory: str, names: dict[str, frozenset[Subscription]]

@@ -94,29 +94,76 @@ def test_a_file_with_another_hard_link_is_polled(etcd, kafka, make_agent, reader
     assert [r.value for r in reader(topic).wait_count(1, timeout=10)] == [b"no event for app.log"]
 
 
+SWEPT = {**INOTIFY_ONLY, "safety_poll_interval": 0.5}
+
+
+def test_a_file_in_a_symlinked_directory_is_found_by_the_sweep(etcd, kafka, make_agent, reader,
+                                                               key, topic, tmp_path):
+    real = tmp_path / "releases" / "1"
+    real.mkdir(parents=True)
+    current = tmp_path / "current"
+    current.symlink_to(real)
+    log = current / "app.log"
+    _, topic_reader = first_line_shipped(etcd, kafka, make_agent, reader, key, topic, log, SWEPT)
+    later = tmp_path / "releases" / "2"
+    later.mkdir()
+    (later / "app.log").write_bytes(b"")
+    (tmp_path / "next").symlink_to(later)
+    os.rename(tmp_path / "next", current)           # the link now leads elsewhere
+    append(log, b"two\n")
+    assert [r.value for r in topic_reader.wait_count(2, timeout=10)] == [b"one", b"two"]
+
+
+def test_a_watched_directory_renamed_away_and_made_again_is_watched_again(
+        etcd, kafka, make_agent, reader, key, topic, tmp_path):
+    directory = tmp_path / "app"
+    directory.mkdir()
+    log = directory / "app.log"
+    _, topic_reader = first_line_shipped(etcd, kafka, make_agent, reader, key, topic, log, SWEPT)
+    os.rename(directory, tmp_path / "app.1")       # its watch goes with it
+    directory.mkdir()
+    log.write_bytes(b"two\n")
+    topic_reader.wait_count(2, timeout=10)
+    append(log, b"three\n")
+    assert [r.value for r in topic_reader.wait_count(3, timeout=10)] == [b"one", b"two", b"three"]
+
+
 def test_events_lost_on_an_inotify_queue_overflow_are_found_by_a_sweep_at_once(
         etcd, kafka, make_agent, reader, key, topic, tmp_path):
     log = tmp_path / "app.log"
-    log.write_bytes(b"")
-    etcd.put(key, [{"path": str(log), "topic": topic}])
-    agent: Agent = make_agent(etcd, kafka, [key], files=INOTIFY_ONLY).start()
-    agent.wait_log(f"worker started path={log}")
-    topic_reader = reader(topic)
-    append(log, b"before\n")
-    topic_reader.wait_count(1, timeout=10)
+    agent, topic_reader = first_line_shipped(etcd, kafka, make_agent, reader, key, topic, log,
+                                             INOTIFY_ONLY)
     # Its acknowledgement collected, the worker sleeps until an event comes.
-    wait_until(lambda: [cp["offset"] for cp in agent.checkpoints()] == [7], 10,
+    wait_until(lambda: [cp["offset"] for cp in agent.checkpoints()] == [4], 10,
                "the line's offset to be saved")
     agent.proc.send_signal(signal.SIGSTOP)      # nobody reads the kernel's queue now
     try:
-        flood(tmp_path, int(Path("/proc/sys/fs/inotify/max_queued_events").read_text()))
+        wait_until(lambda: stopped(agent.proc.pid), 10, "every thread of the agent to stop")
+        flood(tmp_path, 2 * int(Path("/proc/sys/fs/inotify/max_queued_events").read_text()))
         append(log, b"its event is dropped\n")
     finally:
         agent.proc.send_signal(signal.SIGCONT)
     agent.wait_log("inotify queue overflowed, events were lost: 1 idle file looked at, "
                    "1 had changed", timeout=10)
-    assert [r.value for r in topic_reader.wait_count(2, timeout=10)] == [b"before",
+    assert [r.value for r in topic_reader.wait_count(2, timeout=10)] == [b"one",
                                                                          b"its event is dropped"]
+
+
+def first_line_shipped(etcd, kafka, make_agent, reader, key, topic, log: Path, files: dict):
+    """An agent following `log` alone, and a reader of its topic that has its line `one`."""
+    etcd.put(key, [{"path": str(log), "topic": topic}])
+    agent: Agent = make_agent(etcd, kafka, [key], files=files).start()
+    agent.wait_log(f"worker started path={log}")
+    topic_reader = reader(topic)
+    append(log, b"one\n")
+    topic_reader.wait_count(1, timeout=10)
+    return agent, topic_reader
+
+
+def stopped(pid: int) -> bool:
+    tasks = Path(f"/proc/{pid}/task")
+    return all((task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+               for task in tasks.iterdir())
 
 
 def flood(directory: Path, events: int) -> None:
