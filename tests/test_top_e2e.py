@@ -3,7 +3,9 @@ and the screen is read back with capture-pane."""
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -53,10 +55,17 @@ class Terminal:
         self._tmux("resize-window", "-t", "top", "-x", width, "-y", height)
 
     def wait_exit(self, what: str) -> int:
+        """On a timeout, what top's threads were doing: SIGABRT makes its faulthandler
+        print their stacks into the pane."""
         try:
             wait_until(lambda: self.exit_status() is not None, 30, what)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}; the screen:\n{self.screen()}") from None
+            os.kill(int(self._tmux("display-message", "-p", "-t", "top", "#{pane_pid}")),
+                    signal.SIGABRT)
+            wait_until(lambda: self.exit_status() is not None, 10, "top to abort")
+            stacks = self._tmux("capture-pane", "-p", "-t", "top", "-S", "-200")
+            raise AssertionError(f"{exc}; the screen and its threads' stacks:\n{stacks}") \
+                from None
         return self.exit_status()
 
     def exit_status(self) -> int | None:
@@ -75,8 +84,8 @@ class Terminal:
 def top_command(config: Path, *args: str) -> list[str]:
     """Without the COLUMNS and LINES pytest exports, which rich would take over the
     terminal's own size, as an operator's shell has none."""
-    return ["env", "-u", "COLUMNS", "-u", "LINES", sys.executable, "-m", "logship", "top",
-            "--config", str(config), *args]
+    return ["env", "-u", "COLUMNS", "-u", "LINES", sys.executable, "-X", "faulthandler", "-m",
+            "logship", "top", "--config", str(config), *args]
 
 
 def row(screen: str, name: str) -> dict | None:
