@@ -65,6 +65,11 @@ MANAGED = {
 # 5 s (not 30 s), well before an unacknowledged batch counts as a Kafka-wide outage; the
 # worker sends them again, so a slow creation costs a retry, never a line.
 DEFAULTS = {"linger.ms": 5, "batch.size": 1024 * 1024, "topic.metadata.propagation.max.ms": 5000}
+# A transaction begun just after a commit cannot add its partitions until the coordinator
+# has written the last one's markers (CONCURRENT_TRANSACTIONS), and librdkafka asks again
+# after retry.backoff.ms: 100 ms by default, half of a transaction_interval, in which the
+# records wait and the next commit has them all to flush. 20 ms, as the Java client waits.
+TRANSACTION_DEFAULTS = {"retry.backoff.ms": 20}
 TOPIC_ERRORS = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
                 KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.TOPIC_EXCEPTION)
 UNAVAILABLE = {KafkaError._ALL_BROKERS_DOWN: "all_brokers_down", KafkaError._TRANSPORT: "transport",
@@ -78,7 +83,8 @@ BROKER_PREFIX = re.compile(r"^\w+://[^/ ]+/\S+: | \(after \d+ms in state \w+\)$"
 
 def _settings(config: KafkaConfig, overrides: dict[str, Any]) -> dict[str, Any]:
     return {
-        **DEFAULTS, **dict(config.producer), **security_settings(config, SECURITY),
+        **DEFAULTS, **(TRANSACTION_DEFAULTS if "transactional.id" in overrides else {}),
+        **dict(config.producer), **security_settings(config, SECURITY),
         "bootstrap.servers": ",".join(config.bootstrap_servers),
         "acks": "all",
         "enable.idempotence": True,

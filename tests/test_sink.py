@@ -6,7 +6,7 @@ from kafka.partitioner.default import DefaultPartitioner
 
 from logship.config import parse_config
 from logship.sink import security_settings
-from logship.sink_confluent import SECURITY as CONFLUENT
+from logship.sink_confluent import SECURITY as CONFLUENT, _settings
 from logship.sink_kafka_python import SECURITY as KAFKA_PYTHON, KeyCachingPartitioner
 
 
@@ -49,3 +49,14 @@ def test_security_fields_map_to_each_clients_own_names():
     assert security_settings(kafka, CONFLUENT) == {
         "security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "SCRAM-SHA-256",
         "sasl.username": "u", "sasl.password": "p"}
+
+
+def test_librdkafka_asks_again_for_a_transactions_partitions_after_20ms_unless_told_otherwise():
+    data = {"etcd": {"endpoints": ["e:1"], "keys": ["k"]},
+            "kafka": {"bootstrap_servers": ["b:1"], "client": "confluent-kafka"}}
+    kafka = parse_config(data, Path("/")).kafka
+    transactional = {"transactional.id": "logship-web-01"}
+    assert _settings(kafka, transactional)["retry.backoff.ms"] == 20
+    assert "retry.backoff.ms" not in _settings(kafka, {})
+    data["kafka"]["producer"] = {"retry.backoff.ms": 50}
+    assert _settings(parse_config(data, Path("/")).kafka, transactional)["retry.backoff.ms"] == 50
