@@ -464,10 +464,14 @@ class KafkaPythonTransactions(Transactions):
 
     def _failed(self, exc: KafkaError, doing: str, fatal: bool = False) -> TransactionFailed:
         """kafka-python wraps the error that put the producer in its error state (a
-        ProducerFencedError) in a generic one: the cause is that error."""
+        ProducerFencedError) in a generic one: the cause is that error. A record refused
+        for its producer epoch (another producer took the transactional id) makes it
+        bump the epoch by itself (KIP-360), and a commit or an abort then fails on that
+        state alone: fenced too."""
         manager = self._sink._producer._transaction_manager
         error = manager.last_error or exc
-        fenced = any(isinstance(e, FENCED) for e in (exc, error, *exc.args))
+        fenced = any(isinstance(e, FENCED) for e in (exc, error, *exc.args)) \
+            or manager.is_bumping_epoch()
         return TransactionFailed(f"{doing}: {error!r}", fatal or manager.has_fatal_error(),
                                  fenced)
 

@@ -1,13 +1,19 @@
-"""Pure logic of the sinks: partitioning and the security settings under each client's names."""
+"""Pure logic of the sinks: partitioning, settings under each client's names, how a client's
+error is read."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
+from kafka.errors import KafkaError
 from kafka.partitioner.default import DefaultPartitioner
+from kafka.producer.transaction_manager import TransactionManager, TransactionState
 
 from logship.config import parse_config
 from logship.sink import security_settings
 from logship.sink_confluent import SECURITY as CONFLUENT, _settings
-from logship.sink_kafka_python import SECURITY as KAFKA_PYTHON, KeyCachingPartitioner
+from logship.sink_kafka_python import (SECURITY as KAFKA_PYTHON, KafkaPythonTransactions,
+                                      KeyCachingPartitioner)
 
 
 class Cluster:
@@ -60,3 +66,16 @@ def test_librdkafka_asks_again_for_a_transactions_partitions_after_20ms_unless_t
     assert "retry.backoff.ms" not in _settings(kafka, {})
     data["kafka"]["producer"] = {"retry.backoff.ms": 50}
     assert _settings(parse_config(data, Path("/")).kafka, transactional)["retry.backoff.ms"] == 50
+
+
+def test_a_kafka_python_producer_bumping_its_refused_epoch_counts_as_fenced():
+    """kafka-python (KIP-360) bumps the epoch by itself when the broker refuses a record's
+    producer epoch (another agent took the transactional id); an abort then fails on that
+    state, which must still say fenced (a CI run at b3781ba)."""
+    manager = TransactionManager(transactional_id="logship-web-01", api_version=(2, 8))
+    manager._current_state = TransactionState.BUMPING_PRODUCER_EPOCH
+    sink = SimpleNamespace(_producer=SimpleNamespace(_transaction_manager=manager))
+    with pytest.raises(KafkaError) as raised:
+        manager.begin_abort()
+    failure = KafkaPythonTransactions(sink)._failed(raised.value, "aborting")
+    assert failure.fenced and "BUMPING_PRODUCER_EPOCH" in str(failure)
