@@ -130,9 +130,9 @@ class DirWatcher:
         self._tree_watches: dict[tuple[str, bool], ObservedWatch] = {}
         self._lost_trees: set[tuple[str, bool]] = set()
         # Watched directories on a local filesystem, reached without a symlink, and their
-        # (st_dev, st_ino) when watched (copy-on-write under _lock): inotify reports every
-        # change there while the name still leads to that directory, and only an overflow
-        # makes them worth a sweep.
+        # (st_dev, st_ino) when watched (changed under _lock; the sweep only looks names
+        # up): inotify reports every change there while the name still leads to that
+        # directory, and only an overflow makes them worth a sweep.
         self._local: dict[str, tuple[int, int]] = {}
         # st_dev -> its type, for the directories watched between two sweeps (a device
         # number can come back with another mount).
@@ -184,7 +184,7 @@ class DirWatcher:
                 self._failed.pop(sub.directory, None)
                 identity = self._local_identity(sub.directory)
                 if identity is not None:
-                    self._local = {**self._local, sub.directory: identity}
+                    self._local[sub.directory] = identity
             sub.watched = sub.directory in self._watches and sub.directory not in self._lost
 
     def _local_identity(self, directory: str) -> tuple[int, int] | None:
@@ -214,7 +214,7 @@ class DirWatcher:
             if sub.directory in self._subs:
                 return
             watch = self._watches.pop(sub.directory, None)
-            self._local = _without(self._local, sub.directory)
+            self._local.pop(sub.directory, None)
         if watch is not None:
             self._unschedule(watch)
 
@@ -264,7 +264,7 @@ class DirWatcher:
         there cost one stat per directory."""
         everything, self.overflowed = self.overflowed, False
         self._filesystems = {}
-        local = {} if everything else self._local
+        local: dict[str, tuple[int, int]] = {} if everything else self._local
         looked = woken = 0
         for directory, names in self._subs.items():
             identity = local.get(directory)
@@ -294,7 +294,7 @@ class DirWatcher:
     def _drop_lost(self) -> None:
         while self._lost:
             directory = self._lost.pop()
-            self._local = _without(self._local, directory)
+            self._local.pop(directory, None)
             watch = self._watches.pop(directory, None)
             if watch is not None:
                 self._unschedule(watch)
@@ -325,10 +325,6 @@ class DirWatcher:
 
 LIMITS = {errno.ENOSPC: "fs.inotify.max_user_watches",
           errno.EMFILE: "fs.inotify.max_user_instances"}
-
-
-def _without(local: dict[str, tuple[int, int]], directory: str) -> dict[str, tuple[int, int]]:
-    return {name: identity for name, identity in local.items() if name != directory}
 
 
 def directory_identity(directory: str) -> tuple[int, int] | None:
