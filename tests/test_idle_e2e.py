@@ -161,9 +161,15 @@ def first_line_shipped(etcd, kafka, make_agent, reader, key, topic, log: Path, f
 
 
 def stopped(pid: int) -> bool:
-    tasks = Path(f"/proc/{pid}/task")
-    return all((task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-               for task in tasks.iterdir())
+    """Every thread in the stopped state; one that ended meanwhile (the etcd client starts
+    short-lived ones) does not count."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        except FileNotFoundError:
+            continue
+    return all(state == "T" for state in states)
 
 
 def flood(directory: Path, events: int) -> None:
