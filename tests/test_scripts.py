@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from harness import SCRIPTS, as_in_a_terminal, free_port_pair, port_open
+from harness import SCRIPTS, as_in_a_terminal, free_port_pair, port_open, wait_until
 
 
 @pytest.mark.parametrize("script, usage", [
@@ -38,6 +39,10 @@ def test_a_started_service_outlives_ctrl_c_in_the_terminal_that_started_it(tmp_p
             f"agent stops: stop it with '{SCRIPTS}/local-etcd.sh stop {port} {data}'\n")
         pid = int((data / "etcd.pid").read_text())
         assert os.getsid(pid) == pid != os.getsid(terminal.pid), "a session of its own"
+        # Ctrl-C once the job is in its last command: a SIGINT that reaches bash between
+        # the script's exit and the `exec` would be taken by bash and lost for the sleep.
+        wait_until(lambda: Path(f"/proc/{terminal.pid}/comm").read_text() == "sleep\n", 30,
+                   "the terminal's job to reach its last command")
         os.killpg(terminal.pid, signal.SIGINT)                   # Ctrl-C
         terminal.wait(30)
         assert port_open(port)
