@@ -11,9 +11,12 @@ from kafka.producer.transaction_manager import TransactionManager, TransactionSt
 
 from logship.config import parse_config
 from logship.sink import security_settings
-from logship.sink_confluent import SECURITY as CONFLUENT, _settings
+from logship import sink_confluent
+from logship.sink_confluent import SECURITY as CONFLUENT, _Poller, _settings
 from logship.sink_kafka_python import (SECURITY as KAFKA_PYTHON, KafkaPythonTransactions,
                                       KeyCachingPartitioner)
+
+from harness import wait_until
 
 
 class Cluster:
@@ -79,3 +82,38 @@ def test_a_kafka_python_producer_bumping_its_refused_epoch_counts_as_fenced():
         manager.begin_abort()
     failure = KafkaPythonTransactions(sink)._failed(raised.value, "aborting")
     assert failure.fenced and "BUMPING_PRODUCER_EPOCH" in str(failure)
+
+
+class Producer:
+    """librdkafka's length (records queued, in flight, or reports and errors to serve)
+    and poll, counted."""
+
+    def __init__(self) -> None:
+        self.queued = self.looked = self.polls = 0
+
+    def __len__(self) -> int:
+        self.looked += 1
+        return self.queued
+
+    def poll(self, timeout: float) -> int:
+        self.polls += 1
+        return 0
+
+
+def test_the_confluent_poller_polls_only_while_the_producer_has_something_to_serve(monkeypatch):
+    """confluent-kafka's poll wakes every 200 ms whatever its timeout: an idle agent must
+    not call it, yet records produced are served at once."""
+    monkeypatch.setattr(sink_confluent, "IDLE_POLL_INTERVAL", 0.01)
+    producer = Producer()
+    poller = _Poller(SimpleNamespace(producer=producer))
+    poller.start()
+    try:
+        wait_until(lambda: producer.looked >= 5, 10, "the idle poller to look a few times")
+        assert producer.polls == 0
+        producer.queued = 1
+        poller.produced.set()
+        wait_until(lambda: producer.polls >= 2, 10, "polls while records are in flight")
+    finally:
+        poller.stop()
+        poller.join(5)
+    assert not poller.is_alive()
