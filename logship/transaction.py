@@ -200,6 +200,9 @@ class TransactionalSink(Sink):
         # wait for a commit).
         self._pending_lock = threading.Lock()
         self._ready = threading.Event()     # positions read from Kafka into the store
+        # init() once per producer: librdkafka refuses a second one, so a failure after
+        # it (the offsets topic unreadable) must not take the id again when retried
+        self._id_taken = False
         self._readiness = threading.Condition()
         self._due = threading.Event()
         self._transaction: Transaction | None = None
@@ -321,9 +324,11 @@ class TransactionalSink(Sink):
         """Take the transactional id (fencing a previous holder, aborting what it left
         open), then read this agent's positions up to the end: only then are they all
         committed ones, and workers may resume from them."""
-        if not self._client.init(PREPARE_TIMEOUT):
-            raise TransactionFailed(f"Kafka did not answer within {PREPARE_TIMEOUT:g}s when "
-                                    f"taking transactional id {self.transactional_id}")
+        if not self._id_taken:
+            if not self._client.init(PREPARE_TIMEOUT):
+                raise TransactionFailed(f"Kafka did not answer within {PREPARE_TIMEOUT:g}s "
+                                        f"when taking transactional id {self.transactional_id}")
+            self._id_taken = True
         topic = self.config.offsets_topic
         partitions = self._client.positions_partitions(topic, PREPARE_TIMEOUT)
         self._partition = positions_partition(self.name, partitions)
@@ -342,6 +347,11 @@ class TransactionalSink(Sink):
             self._ready.set()
         self.release_waiters()
 
+    def _renew(self) -> None:
+        """A new producer, whose transactional id is taken at the next read_positions."""
+        self._client.renew()
+        self._id_taken = False
+
     def take_back_after(self) -> float:
         """After being fenced off: how long to leave the transactional id to the producer
         that took it before taking it back, growing while the two keep taking it from
@@ -358,7 +368,7 @@ class TransactionalSink(Sink):
         """Said once per cause, and again every minute while it lasts."""
         cause, now = str(error), time.monotonic()
         if getattr(error, "fatal", False):
-            self._client.renew()
+            self._renew()
         if cause != self._said[0] or now - self._said[1] >= REPEAT_EVERY:
             self._said = (cause, now)
             log.error("exactly-once: cannot resume from the positions in Kafka: %s; "
@@ -448,7 +458,7 @@ class TransactionalSink(Sink):
         replaced = failure.fatal or unabortable is not None
         if replaced:
             self._ready.clear()
-            self._client.renew()
+            self._renew()
         if transaction is not None:
             with self._pending_lock:
                 self._finished = {**transaction.finished, **self._finished}

@@ -24,7 +24,8 @@ import etcd3
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-from kafka.admin import NewTopic
+from kafka.admin import (ACL, ACLOperation, ACLPermissionType, NewTopic, ResourcePattern,
+                         ResourceType)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
@@ -325,14 +326,14 @@ class Certificates:
 
 
 SCRAM_USER, SCRAM_PASSWORD = "logship", "scram-secret-4711"
-SCRAM_NOBODY = "nobody"
+SCRAM_NOBODY, SCRAM_LIMITED = "nobody", "limited"
 
 
 class SecureKafka(Kafka):
     """A broker with an SSL listener that requires a client certificate and a SASL_SSL
     listener (SCRAM-SHA-512), beside the PLAINTEXT one the tests read through. ACLs are
     on: SCRAM_USER, the client certificate and PLAINTEXT may do anything (super users);
-    SCRAM_NOBODY (same password) may do nothing."""
+    SCRAM_NOBODY (same password) may do nothing; SCRAM_LIMITED what a test grants it."""
 
     def __init__(self, data_dir: Path, certificates: Certificates) -> None:
         super().__init__(data_dir)
@@ -344,7 +345,19 @@ class SecureKafka(Kafka):
             keystore=certificates.server_keystore, ca=certificates.ca, scram_user=SCRAM_USER))
         self.env = {"KAFKA_EXTRA_PROPERTIES": str(extra),
                     "KAFKA_SCRAM": " ".join(f"SCRAM-SHA-512=[name={user},password={SCRAM_PASSWORD}]"
-                                            for user in (SCRAM_USER, SCRAM_NOBODY))}
+                                            for user in (SCRAM_USER, SCRAM_NOBODY,
+                                                         SCRAM_LIMITED))}
+
+    def grant(self, *rights: tuple[ResourceType, str, ACLOperation]) -> None:
+        """Allow SCRAM_LIMITED each (resource type, literal name, operation)."""
+        admin = KafkaAdminClient(bootstrap_servers=self.address, api_version=(2, 8))
+        try:
+            result = admin.create_acls([
+                ACL(f"User:{SCRAM_LIMITED}", "*", operation, ACLPermissionType.ALLOW,
+                    ResourcePattern(kind, name)) for kind, name, operation in rights])
+        finally:
+            admin.close()
+        assert not result["failed"], result["failed"]
 
 
 SECURE_PROPERTIES = """

@@ -9,10 +9,13 @@ import re
 
 import pytest
 import yaml
+from kafka.admin import ACLOperation, ResourceType
 
 from conftest import CLIENTS
-from harness import (ETCD_USER, SCRAM_NOBODY, SCRAM_PASSWORD, SCRAM_USER, Certificates,
-                     SecureEtcd, SecureKafka, TopicReader, logship, numbered, numbers)
+from harness import (ETCD_USER, SCRAM_LIMITED, SCRAM_NOBODY, SCRAM_PASSWORD, SCRAM_USER,
+                     Certificates, SecureEtcd, SecureKafka, TopicReader, logship, numbered,
+                     numbers, unique)
+from test_exactly_once_e2e import every_line_once
 
 pytestmark = pytest.mark.e2e
 
@@ -169,3 +172,38 @@ def test_check_connect_with_wrong_passwords_ends_and_names_each_refusal(
         assert re.search("authentication failed|a refused SASL login is the usual cause, check "
                          "kafka.sasl_username and its password", lines[3], re.I), lines[3]
         assert BAD_PASSWORD not in result.stdout.decode() + result.stderr.decode()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_exactly_once_without_create_on_the_offsets_topic_names_the_right_and_resumes_once_granted(
+        etcd, secure_kafka, certificates, make_agent, key, topic, tmp_path, client):
+    """The rights docs/delivery.md lists for exactly-once, all but Create on the offsets
+    topic: the agent says which right is missing on which topic, and once the right is
+    granted creates the topic and ships every line once."""
+    name, offsets = unique("acl"), unique("offsets")
+    secure_kafka.create_topic(topic)        # a user without Create has none made for it
+    topic_rights = [(ResourceType.TOPIC, topic, ACLOperation.WRITE)]
+    transactional_rights = [(ResourceType.TRANSACTIONAL_ID, f"logship-{name}", operation)
+                            for operation in (ACLOperation.WRITE, ACLOperation.DESCRIBE)]
+    offsets_rights = [(ResourceType.TOPIC, offsets, operation)
+                      for operation in (ACLOperation.READ, ACLOperation.WRITE,
+                                        ACLOperation.DESCRIBE)]
+    secure_kafka.grant(*topic_rights, *transactional_rights, *offsets_rights)
+    log = tmp_path / "app.log"
+    log.write_bytes(numbered(0, 1000))
+    etcd.put(key, [{"path": str(log), "topic": topic, "read_from": "beginning"}])
+    kafka_section = {**sasl_ssl_scram(secure_kafka, certificates), "client": client,
+                     "sasl_username": SCRAM_LIMITED, "delivery": "exactly-once",
+                     "offsets_topic": offsets}
+    agent = make_agent(etcd, secure_kafka, [key], kafka=kafka_section,
+                       agent={"name": name}).start()
+    agent.wait_log(rf"exactly-once: cannot resume from the positions in Kafka: "
+                   rf"kafka.offsets_topic {offsets}: missing, and Kafka did not create it "
+                   rf"\(.+\): grant the agent's principal Create on the topic", timeout=60)
+    secure_kafka.grant((ResourceType.TOPIC, offsets, ACLOperation.CREATE))
+    committed = TopicReader(secure_kafka, topic, committed=True)
+    try:
+        every_line_once("exactly-once after a granted Create", committed, 1000)
+    finally:
+        committed.close()
+    assert "Traceback" not in agent.log()

@@ -28,12 +28,14 @@ def cp(offset: int, ino: int = 1, path: str = "/var/log/a.log") -> FileCheckpoin
 
 
 class FakeClient(Transactions):
-    """Records what the loop asks of a client; `fail_commit` makes the next commit fail."""
+    """Records what the loop asks of a client; `fail_commit` makes the next commit fail,
+    `unreadable` the next look at the offsets topic."""
 
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.positions: list[tuple[bytes, bytes | None]] = []
         self.fail_commit: TransactionFailed | None = None
+        self.unreadable: TransactionFailed | None = None
 
     def init(self, timeout):
         self.calls.append("init")
@@ -60,6 +62,9 @@ class FakeClient(Transactions):
         self.calls.append("renew")
 
     def positions_partitions(self, topic, timeout):
+        failure, self.unreadable = self.unreadable, None
+        if failure is not None:
+            raise failure
         return 25
 
     def read_positions(self, topic, partition, timeout):
@@ -146,6 +151,21 @@ def test_a_fenced_producer_is_replaced_and_positions_are_read_again(sink):
     sink.read_positions()
     assert sink.ready and sink._client.calls[-1] == "init"
     assert sink.epoch == epoch + 1, "a worker that resumed before the positions does again"
+
+
+def test_the_transactional_id_is_taken_once_per_producer_also_when_a_read_is_retried(sink):
+    """librdkafka refuses a second init_transactions() on one producer: a retry after the
+    offsets topic could not be read must not take the id again (an end-to-end test with
+    ACLs found every other retry failing so)."""
+    sink.send(job(sink, 10))
+    sink._client.fail_commit = TransactionFailed("fenced", fenced=True)
+    sink.end_transaction()
+    sink._client.unreadable = TransactionFailed("kafka.offsets_topic logship-offsets: missing")
+    with pytest.raises(TransactionFailed):
+        sink.read_positions()
+    sink.read_positions()
+    calls = sink._client.calls
+    assert sink.ready and calls[calls.index("renew"):] == ["renew", "init"]
 
 
 def test_a_finished_file_is_tombstoned_unless_followed_in_the_same_transaction(sink):
