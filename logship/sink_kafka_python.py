@@ -146,6 +146,14 @@ def check_producer_settings(config: KafkaConfig) -> None:
             raise ConfigError(f"{where}: not a kafka-python producer setting")
 
 
+def _consumer(config: KafkaConfig, brokers: list[str], timeout: float,
+              **settings: Any) -> KafkaConsumer:
+    """With the configured security, each request bounded by `timeout`."""
+    return KafkaConsumer(bootstrap_servers=brokers, api_version=_version(config),
+                         request_timeout_ms=int(timeout * 1000), **settings,
+                         **security_settings(config, SECURITY))
+
+
 def reach_broker(config: KafkaConfig, broker: str, timeout: float) -> str:
     """Fetch the cluster's metadata from this broker alone, with the configured security,
     within `timeout`: kafka-python waits for metadata without a bound (a refused SASL
@@ -157,9 +165,7 @@ def reach_broker(config: KafkaConfig, broker: str, timeout: float) -> str:
     def fetch() -> None:
         consumer = None
         try:
-            consumer = KafkaConsumer(bootstrap_servers=[broker], api_version=_version(config),
-                                     request_timeout_ms=int(timeout * 1000),
-                                     **security_settings(config, SECURITY))
+            consumer = _consumer(config, [broker], timeout)
             answer.append(f"{len(consumer.topics())} topics")
         except KafkaError as exc:
             failure.append(str(exc))
@@ -399,11 +405,8 @@ class KafkaPythonSink(Sink):
                                 **security_settings(config, SECURITY))
 
     def consumer(self, timeout: float, **settings: Any) -> KafkaConsumer:
-        config = self.config
-        return KafkaConsumer(bootstrap_servers=list(config.bootstrap_servers),
-                             api_version=_version(config), request_timeout_ms=int(timeout * 1000),
-                             enable_auto_commit=False, **settings,
-                             **security_settings(config, SECURITY))
+        return _consumer(self.config, list(self.config.bootstrap_servers), timeout,
+                         enable_auto_commit=False, **settings)
 
 
 class KafkaPythonTransactions(Transactions):
