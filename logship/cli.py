@@ -28,7 +28,8 @@ from logship.agent import Agent, load
 from logship.checkpoint import check_state_dir
 from logship.config import Config, EtcdConfig, expand_key
 from logship.errors import EtcdUnavailable, LogshipError, SpecError
-from logship.etcd_source import ETCD_ERRORS, EtcdSession, EtcdSource, describe
+from logship.etcd_source import (ETCD_ERRORS, EtcdSession, EtcdSource, describe,
+                                 wake_grpc_waits_less)
 from logship.clients import check_positions, check_transactions, reach_broker
 from logship.spec import parse_value
 from logship.status import parse_documents, render
@@ -150,6 +151,7 @@ def _load_with_key(args: argparse.Namespace) -> Config:
 def run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     logs.setup(config.log.level, config.log.format)
+    wake_grpc_waits_less()
     agent = Agent(args.config, config)
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
     signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
