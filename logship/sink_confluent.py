@@ -188,7 +188,7 @@ class BatchDelivery:
 class _Poller(Service):
     """Serves the producer's delivery reports and error callbacks. confluent-kafka's poll
     comes back to Python every 200 ms whatever its timeout (to see signals), a wake-up
-    that cost an idle agent a quarter of its CPU: with nothing queued, in flight or to
+    that cost an idle agent a fifth of its CPU: with nothing queued, in flight or to
     report (its length counts error callbacks too), the poller sleeps until records are
     produced, and looks at that length again every IDLE_POLL_INTERVAL."""
 
