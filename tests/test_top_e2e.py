@@ -60,12 +60,17 @@ class Terminal:
         try:
             wait_until(lambda: self.exit_status() is not None, 30, what)
         except AssertionError as exc:
-            os.kill(int(self._tmux("display-message", "-p", "-t", "top", "#{pane_pid}")),
-                    signal.SIGABRT)
-            wait_until(lambda: self.exit_status() is not None, 10, "top to abort")
+            pid = int(self._tmux("display-message", "-p", "-t", "top", "#{pane_pid}"))
+            threads = _threads(pid)
+            os.kill(pid, signal.SIGABRT)
+            try:
+                wait_until(lambda: self.exit_status() is not None, 10, "top to abort")
+            except AssertionError:
+                threads += "\nnot ended by SIGABRT:\n" + _threads(pid)
+                os.kill(pid, signal.SIGKILL)
             stacks = self._tmux("capture-pane", "-p", "-t", "top", "-S", "-200")
-            raise AssertionError(f"{exc}; the screen and its threads' stacks:\n{stacks}") \
-                from None
+            raise AssertionError(f"{exc}; its threads:\n{threads}\nthe screen and its "
+                                 f"threads' stacks:\n{stacks}") from None
         return self.exit_status()
 
     def exit_status(self) -> int | None:
@@ -79,6 +84,21 @@ class Terminal:
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self._socket, "kill-server"], capture_output=True)
+
+
+def _threads(pid: int) -> str:
+    """Each thread's state and the kernel function it waits in, and the process's signal
+    masks: what a process that does not exit is stuck on."""
+    listing = subprocess.run(["ps", "-L", "-o", "tid,stat,wchan:32,comm", "-p", str(pid)],
+                             capture_output=True, text=True).stdout
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError as exc:
+        return f"{listing}\n{exc}"
+    masks = [line for line in status.splitlines()
+             if line.split(":")[0] in ("State", "Threads", "SigPnd", "ShdPnd", "SigBlk",
+                                        "SigIgn", "SigCgt")]
+    return listing + "\n".join(masks)
 
 
 def top_command(config: Path, *args: str) -> list[str]:
