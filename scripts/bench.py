@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from harness import Agent, Etcd, Kafka, wait_until  # noqa: E402
+from harness import Agent, Etcd, Kafka, stat_fields, wait_until  # noqa: E402
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
 CLIENTS = ("kafka-python", "confluent-kafka")
@@ -73,8 +73,7 @@ class Result:
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = stat_fields(Path(f"/proc/{pid}/stat"))
     return (int(fields[11]) + int(fields[12])) / TICK
 
 

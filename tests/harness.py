@@ -541,6 +541,13 @@ def report_duplicates(name: str, records) -> int:
     return duplicates
 
 
+def stat_fields(stat: Path) -> list[str]:
+    """The fields of a /proc/PID[/task/TID]/stat file after the command's name, which may
+    hold spaces and parentheses: [0] is the state, [11] and [12] the CPU ticks, the last
+    the exit status of a process not yet reaped."""
+    return stat.read_text().rsplit(")", 1)[1].split()
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

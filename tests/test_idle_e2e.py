@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Agent, wait_until
+from harness import Agent, stat_fields, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -166,7 +166,7 @@ def stopped(pid: int) -> bool:
     states = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+            states.append(stat_fields(task / "stat")[0])
         except FileNotFoundError:
             continue
     return all(state == "T" for state in states)

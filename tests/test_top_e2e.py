@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import Agent, Etcd, as_in_a_terminal, logship, unique, wait_until
+from harness import (Agent, Etcd, as_in_a_terminal, logship, stat_fields, unique,
+                     wait_until)
 from test_delivery_e2e import Writer
 
 pytestmark = pytest.mark.e2e
@@ -95,7 +96,7 @@ def _zombie_status(pid: int) -> int | None:
     its pane is dead (its terminal closed) without an exit status. A top that had exited
     stayed so in CI runs."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat_fields(Path(f"/proc/{pid}/stat"))
     except OSError:
         return None
     if fields[0] != "Z":
