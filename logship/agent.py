@@ -32,7 +32,7 @@ from logship.clients import check_settings, open_sink
 from logship.sink import Sink
 from logship.spec import Target
 from logship.status import Document, Identity, StatusWriter, document, lag_by_topic
-from logship.supervisor import Supervisor
+from logship.supervisor import Supervisor, size_futex_hash
 from logship.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,7 @@ class Agent:
             self._shutdown()
 
     def _start(self) -> None:
+        size_futex_hash(self.config.files.max_files)
         self._adopt_sink(self.sink)
         self.watcher.start()
         self._config_subscription = self.watcher.subscribe(str(self.config_path),
@@ -338,6 +339,8 @@ class Agent:
             logs.setup(new.log.level, new.log.format)
         if new.state_dir != old.state_dir:
             log.warning("state_dir changed to %s: takes effect at the next start", new.state_dir)
+        if new.files.max_files != old.files.max_files:
+            size_futex_hash(new.files.max_files)
         if new.metrics_listen != old.metrics_listen:
             self._stop_metrics()
             self._start_metrics()
