@@ -32,7 +32,8 @@ from logship.clients import check_settings, open_sink
 from logship.sink import Sink
 from logship.spec import Target
 from logship.status import Document, Identity, StatusWriter, document, lag_by_topic
-from logship.supervisor import Supervisor, size_futex_hash
+from logship.process import size_futex_hash
+from logship.supervisor import Supervisor
 from logship.worker import Worker
 
 log = logging.getLogger(__name__)

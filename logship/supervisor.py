@@ -12,10 +12,7 @@ thousand threads created and starting at once spend their time handing the GIL a
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -37,33 +34,6 @@ hand-overs slower (10,000 workers: 33 s at one, 51 s at eight). A start-up that 
 open on a dead NFS mount) holds back the starts behind it, as it would at any number."""
 STOPPING_AT_ONCE = 100
 GATE_WAIT = 1.0
-
-PR_FUTEX_HASH = 78
-PR_FUTEX_HASH_SET_SLOTS = 1
-THREADS_BESIDE_CHILDREN = 1024
-
-
-def size_futex_hash(children: int) -> None:
-    """Give the kernel's futex hash a slot per thread this process will hold.
-
-    Every wait on a lock, an Event or the GIL queues the thread in a hash bucket, and
-    every wake-up walks its bucket. Linux 6.16 and later give each threaded process a
-    hash of its own, sized by the CPU count and not by the threads: 16 buckets on two
-    CPUs. With 10,000 idle workers a bucket held some 600 waiters, and every wake-up in
-    the process (the GIL passed on, gRPC's timers, a worker's batch) cost three times as
-    much as with 100 workers. Older kernels share one hash sized for the whole machine
-    and refuse this call; that is the cost we had before, and nothing to say."""
-    slots = 1 << (children + THREADS_BESIDE_CHILDREN - 1).bit_length()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, ctypes.c_ulong(slots),
-                  ctypes.c_ulong(0), ctypes.c_ulong(0)) == 0:
-        return
-    failure = ctypes.get_errno()
-    if failure != errno.EINVAL:
-        log.warning("the kernel's futex hash could not be given %d slots (%s): every "
-                    "wake-up costs more while thousands of files are followed", slots,
-                    os.strerror(failure))
-
 
 class Service(threading.Thread):
     """A thread with one stop protocol: `stop()` sets an Event the loop checks."""

@@ -1,14 +1,10 @@
 """Supervision with real threads: reconcile, restart with backoff, stop."""
 
-import ctypes
-import errno
 import threading
 
 from logship.errors import SourceError
 from harness import wait_until
-from logship.supervisor import PR_FUTEX_HASH, Backoff, Service, Supervisor, size_futex_hash
-
-PR_FUTEX_HASH_GET_SLOTS = 2
+from logship.supervisor import Backoff, Service, Supervisor
 
 
 def test_backoff_doubles_to_a_cap_and_resets_after_a_stable_run():
@@ -53,18 +49,3 @@ def test_reconcile_restart_and_stop():
     sup.stop_all()
     assert not survivor.is_alive() and len(sup) == 0
 
-
-def test_the_futex_hash_gets_a_slot_per_thread_where_each_process_has_its_own(caplog):
-    """Linux 6.16+ (the kernel CI runs on): 10,000 files and the other threads get 16,384
-    slots, not the 16 of two CPUs. An older kernel has no hash per process and refuses
-    the call: quietly, since its shared hash is what the agent always had."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    size_futex_hash(10_000)
-    slots = libc.prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS, 0, 0, 0)
-    if slots == -1:
-        assert ctypes.get_errno() == errno.EINVAL
-    else:
-        assert slots == 16_384
-    size_futex_hash(100)
-    assert libc.prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS, 0, 0, 0) in (-1, 2048)
-    assert not caplog.records
