@@ -26,12 +26,12 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def cap_malloc_arenas() -> None:
-    """Before the first thread: glibc gives threads that allocate at once arenas of their
-    own, up to eight per CPU, and memory freed in one arena serves only that one. The
-    agent's allocations are serial under the GIL but for the Kafka client's own threads,
-    and a record allocated by a worker and freed by the client's threads left memory
-    behind in every arena: 100 busy files peaked 10 MiB higher on confluent-kafka, 14 MiB
-    on kafka-python. An environment's MALLOC_ARENA_MAX is left to win."""
+    """Before the first thread. glibc gives threads that allocate at the same time arenas
+    of their own, up to eight per CPU, and what is freed in one arena is reused by that
+    one only. The agent's Python threads allocate one at a time (the GIL), so more arenas
+    buy it little; but a record allocated on a worker's thread and freed on one of the
+    Kafka client's left memory behind in each: 100 busy files peaked 10 to 16 MiB higher
+    on confluent-kafka, 14 MiB on kafka-python. MALLOC_ARENA_MAX in the environment wins."""
     if "MALLOC_ARENA_MAX" not in os.environ and hasattr(_libc, "mallopt"):
         _libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 

@@ -35,6 +35,7 @@ open on a dead NFS mount) holds back the starts behind it, as it would at any nu
 STOPPING_AT_ONCE = 100
 GATE_WAIT = 1.0
 
+
 class Service(threading.Thread):
     """A thread with one stop protocol: `stop()` sets an Event the loop checks."""
 
