@@ -48,4 +48,3 @@ def test_reconcile_restart_and_stop():
     survivor = sup._children["b"].service
     sup.stop_all()
     assert not survivor.is_alive() and len(sup) == 0
-
