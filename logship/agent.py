@@ -175,12 +175,14 @@ class Agent:
             self._shutdown()
 
     def _start(self) -> None:
+        """/metrics and /healthz listen first: what the sink says from its first attempt
+        (Kafka unreachable) is in the metrics by the time it is in the log."""
         size_futex_hash(self.config.files.max_files)
+        self._start_metrics()
         self._adopt_sink(self.sink)
         self.watcher.start()
         self._config_subscription = self.watcher.subscribe(str(self.config_path),
                                                            self.request_reload)
-        self._start_metrics()
         self._writer.start()
         self._start_status()
         self.declare(STATIC_OWNER, self.config.logs)
