@@ -7,14 +7,16 @@ from types import SimpleNamespace
 import pytest
 from kafka.errors import KafkaError
 from kafka.partitioner.default import DefaultPartitioner
-from kafka.producer.transaction_manager import TransactionManager, TransactionState
+from kafka.producer.transaction_manager import (ProducerIdAndEpoch, TransactionManager,
+                                                TransactionState)
+from kafka.structs import TopicPartition
 
 from logship.config import parse_config
 from logship.sink import security_settings
 from logship import sink_confluent
 from logship.sink_confluent import SECURITY as CONFLUENT, _Poller, _settings
 from logship.sink_kafka_python import (SECURITY as KAFKA_PYTHON, KafkaPythonTransactions,
-                                      KeyCachingPartitioner)
+                                      KeyCachingPartitioner, PartitionsInTransaction)
 
 from harness import wait_until
 
@@ -82,6 +84,30 @@ def test_a_kafka_python_producer_bumping_its_refused_epoch_counts_as_fenced():
         manager.begin_abort()
     failure = KafkaPythonTransactions(sink)._failed(raised.value, "aborting")
     assert failure.fenced and "BUMPING_PRODUCER_EPOCH" in str(failure)
+
+
+def test_kafka_python_is_asked_once_per_partition_and_transaction():
+    """A partition's first record of a transaction goes through kafka-python's checks and
+    adds the partition; the rest of its records do not ask again. Every transaction
+    begins with none added."""
+    manager = TransactionManager(transactional_id="logship-web-01", api_version=(2, 8))
+    manager.set_producer_id_and_epoch(ProducerIdAndEpoch(7, 0))
+    manager._current_state = TransactionState.READY         # as after init_transactions()
+    producer = SimpleNamespace(_transaction_manager=manager,
+                               begin_transaction=manager.begin_transaction)
+    transactions = KafkaPythonTransactions(SimpleNamespace(_producer=producer))
+    first, second = TopicPartition("t", 0), TopicPartition("t", 1)
+    transactions.begin()
+    manager.maybe_add_partition_to_transaction(first)
+    assert manager._new_partitions_in_transaction == {first}
+    manager._current_state = TransactionState.ABORTABLE_ERROR
+    manager.maybe_add_partition_to_transaction(first)       # not asked again
+    with pytest.raises(KafkaError):
+        manager.maybe_add_partition_to_transaction(second)  # asked, and refused
+    manager._current_state = TransactionState.READY         # as after a commit
+    transactions.begin()
+    assert isinstance(manager.maybe_add_partition_to_transaction, PartitionsInTransaction)
+    assert not manager.maybe_add_partition_to_transaction
 
 
 class Producer:
