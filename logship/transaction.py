@@ -148,7 +148,6 @@ def decode_positions(name: str, records: Iterable[tuple[bytes, bytes | None]]
 
 @dataclass(eq=False)
 class Transaction:
-    began_at: float
     positions: dict[PositionKey, FileCheckpoint] = field(default_factory=dict)
     noted: dict[PositionKey, FileCheckpoint] = field(default_factory=dict)
     finished: dict[PositionKey, FileCheckpoint] = field(default_factory=dict)
@@ -315,7 +314,7 @@ class TransactionalSink(Sink):
 
     def _begin(self) -> Transaction:
         self._client.begin()
-        self._transaction = Transaction(time.monotonic())
+        self._transaction = Transaction()
         return self._transaction
 
     # -- the loop's side ------------------------------------------------------------
@@ -375,18 +374,25 @@ class TransactionalSink(Sink):
                       "retrying, the first time in %.1fs", cause, delay)
 
     def wait_due(self, stopping: threading.Event) -> None:
-        """Until the open transaction is due (its size, a worker waiting, or its time);
-        with none open, an interval, for positions and tombstones to write. Commits start
-        every interval, counted from the start of the last one, not from the end: a line
-        sent while a commit goes on waits for the next one at most an interval after the
-        last began, so a line is readable within an interval and a commit's time."""
-        transaction = self._transaction
-        interval = self.config.transaction_interval
-        timeout = interval if transaction is None \
-            else max(self._commit_started + interval, transaction.began_at) - time.monotonic()
+        """Until the open transaction is due (its size, a worker waiting, or its time)."""
+        now = time.monotonic()
+        timeout = self.due_at(now) - now
         if timeout > 0 and not stopping.is_set():
             self._due.wait(timeout)
         self._due.clear()
+
+    def due_at(self, now: float) -> float:
+        """Commits start every interval, counted from the start of the last one, not from
+        its end: a line sent while a commit goes on is readable within an interval and a
+        commit's time. That holds also when the loop looks before the next transaction has
+        opened, as it does right after a commit whose lock held the workers back: an
+        interval from then would make every cycle a commit longer. With none open and the
+        time past, an interval from now, for positions and tombstones to write."""
+        interval = self.config.transaction_interval
+        due = self._commit_started + interval
+        if self._transaction is None and due <= now:
+            return now + interval
+        return due
 
     def end_transaction(self) -> None:
         """Commit what is open, with the positions of the files it covers; on failure

@@ -129,6 +129,25 @@ def test_a_commit_writes_the_last_position_of_each_file_and_wakes_its_workers(si
     assert sink._client.calls == ["init", "begin", "commit"]
 
 
+def test_commits_start_an_interval_after_the_last_began_also_when_none_is_open_yet(sink):
+    """Right after a commit its workers, held back by it, have not opened the next
+    transaction yet: the next commit is still due an interval after the last began."""
+    sink.send(job(sink, 10))
+    sink.end_transaction()
+    began, interval = sink._commit_started, sink.config.transaction_interval
+    assert sink.due_at(began + 0.03) == began + interval
+    sink.send(job(sink, 20))
+    assert sink.due_at(began + 0.05) == began + interval
+    assert sink.due_at(began + interval + 0.1) == began + interval, "overdue: at once"
+
+
+def test_with_nothing_open_after_the_interval_the_loop_looks_again_an_interval_later(sink):
+    sink.send(job(sink, 10))
+    sink.end_transaction()
+    later = sink._commit_started + 5.0
+    assert sink.due_at(later) == later + sink.config.transaction_interval
+
+
 def test_an_abort_voids_the_batches_and_moves_the_epoch(sink):
     stale, epoch = job(sink, 10), sink.epoch
     sent = sink.send(stale)
