@@ -326,13 +326,14 @@ def bench_latency(etcd: Etcd, kafka: Kafka, client: str, tmp: Path,
     try:
         agent.wait_log(f"worker started path={path}", 60)
         if delivery == EXACTLY_ONCE:
+            consumer = from_start(kafka, topic, "read_committed")
             with ThreadPoolExecutor(1) as pool:
-                received = pool.submit(read_all, kafka, topic, count, "read_committed")
+                received = pool.submit(read_all, consumer, topic, count)
                 write_paced(path, count, LATENCY_RATE)
                 records = received.result()
         else:
             write_paced(path, count, LATENCY_RATE)
-            records = read_all(kafka, topic, count)
+            records = read_all(from_start(kafka, topic), topic, count)
     finally:
         agent.stop()
     delays = sorted(r.timestamp - int(r.value.split(b" ", 1)[0]) / 1e6 for r in records)
@@ -350,19 +351,33 @@ def write_paced(path: Path, count: int, rate: int) -> None:
             f.write(b"%d %s\n" % (time.time_ns(), pad))
 
 
-def read_all(kafka: Kafka, topic: str, count: int, isolation: str = "read_uncommitted") -> list:
+def from_start(kafka: Kafka, topic: str, isolation: str = "read_uncommitted") -> KafkaConsumer:
+    """A consumer of every partition of the topic from its start, its positions looked up:
+    ready before the first line is written. Set up in the reading thread as the lines
+    were written, its start was counted in the first lines' latency at exactly-once,
+    where the receipt is the measure."""
+    consumer = KafkaConsumer(bootstrap_servers=kafka.address, api_version=(2, 8),
+                             enable_auto_commit=False, isolation_level=isolation,
+                             fetch_max_wait_ms=10)
+    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    for partition in partitions:
+        consumer.position(partition)
+    return consumer
+
+
+def read_all(consumer: KafkaConsumer, topic: str, count: int) -> list:
     """Every record of the topic; read_committed also stamps each with its receipt (ms)."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=kafka.address, api_version=(2, 8),
-                             auto_offset_reset="earliest", enable_auto_commit=False,
-                             isolation_level=isolation, fetch_max_wait_ms=10)
+    receipt = consumer.config["isolation_level"] == "read_committed"
     records: list = []
     try:
         deadline = time.monotonic() + 120
         while len(records) < count and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500).values():
                 now = time.time() * 1000
-                records.extend(batch if isolation != "read_committed"
-                               else (r._replace(timestamp=now) for r in batch))
+                records.extend((r._replace(timestamp=now) for r in batch) if receipt
+                               else batch)
     finally:
         consumer.close()
     if len(records) < count:
