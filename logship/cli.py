@@ -31,7 +31,7 @@ from logship.errors import EtcdUnavailable, LogshipError, SpecError
 from logship.etcd_source import (ETCD_ERRORS, EtcdSession, EtcdSource, describe,
                                  wake_grpc_waits_less)
 from logship.clients import check_positions, check_transactions, reach_broker
-from logship.process import cap_malloc_arenas
+from logship.process import cap_malloc_arenas, collect_cycles_less
 from logship.spec import parse_value
 from logship.status import parse_documents, render
 from logship.top import Options, top
@@ -151,6 +151,7 @@ def _load_with_key(args: argparse.Namespace) -> Config:
 
 def run(args: argparse.Namespace) -> int:
     cap_malloc_arenas()
+    collect_cycles_less()
     config = _load(args.config)
     logs.setup(config.log.level, config.log.format)
     wake_grpc_waits_less()

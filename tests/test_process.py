@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from logship.process import PR_FUTEX_HASH, size_futex_hash
+from logship.process import PR_FUTEX_HASH, YOUNG_OBJECTS, size_futex_hash
 
 PR_FUTEX_HASH_GET_SLOTS = 2
 
@@ -57,3 +57,12 @@ def test_the_futex_hash_gets_a_slot_per_thread_where_each_process_has_its_own(ca
     size_futex_hash(100)
     assert libc.prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS, 0, 0, 0) in (-1, 2048)
     assert not caplog.records
+
+
+def test_cycles_are_looked_for_after_50000_new_objects_not_700():
+    """In a process of its own: the setting is the interpreter's, for the whole process."""
+    script = ("import gc; from logship.process import collect_cycles_less; "
+              "print(gc.get_threshold()); collect_cycles_less(); print(gc.get_threshold())")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.splitlines() == ["(700, 10, 10)", f"({YOUNG_OBJECTS}, 10, 10)"]
