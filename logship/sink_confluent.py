@@ -218,6 +218,19 @@ class _Poller(Service):
                 log.exception("Kafka delivery callback failed")
 
 
+def _serve_last_reports(producer: Producer) -> None:
+    """The purged records' reports, so that their workers send them again. The first poll
+    after a fatal error (a fenced transactional producer) raises it, once, when the
+    poller thread has not polled since (a CI run at c5baf38): that error is why the
+    producer is replaced, and the next poll serves the rest."""
+    for _ in range(2):
+        try:
+            producer.poll(0)
+            return
+        except KafkaException:
+            continue
+
+
 class ConfluentSink(Sink):
     record_cost = 1500      # librdkafka's message with its own copies of key and headers,
                             # allocated on the workers' threads (measured, 100 busy files)
@@ -280,7 +293,7 @@ class ConfluentSink(Sink):
         old, self._fatal = self.producer, None
         self.producer = self._new_producer(self._own)
         old.purge()
-        old.poll(0)
+        _serve_last_reports(old)
 
     def renew(self) -> None:
         """A transactional producer that was fenced or failed: the transaction loop

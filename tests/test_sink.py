@@ -14,7 +14,7 @@ from kafka.structs import TopicPartition
 from logship.config import parse_config
 from logship.sink import security_settings
 from logship import sink_confluent
-from logship.sink_confluent import SECURITY as CONFLUENT, _Poller, _settings
+from logship.sink_confluent import SECURITY as CONFLUENT, _Poller, _serve_last_reports, _settings
 from logship.sink_kafka_python import (SECURITY as KAFKA_PYTHON, KafkaPythonTransactions,
                                       KeyCachingPartitioner, PartitionsInTransaction)
 
@@ -143,3 +143,23 @@ def test_the_confluent_poller_polls_only_while_the_producer_has_something_to_ser
         poller.stop()
         poller.join(5)
     assert not poller.is_alive()
+
+
+class FencedProducer:
+    """librdkafka after a fatal error: the first poll raises it, the next ones serve."""
+
+    def __init__(self) -> None:
+        self.served = 0
+
+    def poll(self, timeout: float) -> int:
+        self.served += 1
+        if self.served == 1:
+            raise sink_confluent.KafkaException(sink_confluent.KafkaError(
+                sink_confluent.KafkaError._FENCED, "fenced by a newer instance", fatal=True))
+        return 0
+
+
+def test_a_replaced_producer_serves_its_purged_records_after_its_fatal_error():
+    producer = FencedProducer()
+    _serve_last_reports(producer)
+    assert producer.served == 2
