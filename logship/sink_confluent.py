@@ -31,7 +31,9 @@ from logship.sink import (BROKER_DEFAULT, EXPLAIN_TIMEOUT, NOT_AUTHORIZED, NOT_C
 from logship.supervisor import Service
 
 if TYPE_CHECKING:
+    from logship.checkpoint import CheckpointStore
     from logship.config import KafkaConfig
+    from logship.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +250,10 @@ class ConfluentSink(Sink):
             self._own |= {"transactional.id": transactional_id, "log_level": 1}
         self.producer = self._new_producer(self._own)
         self._poller = _Poller(self)
+
+    def start(self, store: CheckpointStore, metrics: Metrics) -> None:
+        """The poller serves librdkafka's reports and errors from here on: an error of
+        the first connection is said once the agent's /metrics can count it."""
         self._poller.start()
 
     def _new_producer(self, overrides: dict[str, Any]) -> Producer:
@@ -393,7 +399,8 @@ class ConfluentSink(Sink):
     def close(self, timeout: float) -> None:
         """The poller stops first, so that flush() is then the only caller of poll()."""
         self._poller.stop()
-        self._poller.join(POLL_TIMEOUT * 2)
+        if self._poller.ident is not None:
+            self._poller.join(POLL_TIMEOUT * 2)
         remaining = self.producer.flush(timeout)
         if self._isolation is not None:
             self._isolation.flush(0)

@@ -225,6 +225,7 @@ class TransactionalSink(Sink):
     def start(self, store: CheckpointStore, metrics: Metrics) -> None:
         self._store = store
         self._metrics = metrics
+        self._inner.start(store, metrics)
         self._loop.start()
 
     def wait_ready(self, stopping: threading.Event) -> bool:
