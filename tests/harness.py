@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -42,21 +43,29 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, step:
         time.sleep(step)
 
 
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port_pair() -> int:
     """A port whose successor is free too (the services use PORT+1 internally)."""
     while True:
         port = free_port(set())
-        if port < 65000 and _free(port + 1):
+        if _free(port + 1):
             return port
 
 
 def free_port(avoid: set[int]) -> int:
-    """A free port that is none of `avoid` (ports chosen but not bound yet)."""
+    """A free port that is none of `avoid` (ports chosen but not bound yet).
+
+    Chosen below the kernel's ephemeral range: a broker stopped by a test is started
+    again on its port, and while it is down an outgoing connection of any client
+    (the agent reconnecting, a consumer) could otherwise be given that port as its own
+    and hold it ("Address already in use" at the restart, CI at 5496f0e).
+    """
+    ephemeral_low = int(EPHEMERAL_PORTS.read_text().split()[0])
     while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in avoid:
+        port = random.randrange(10000, ephemeral_low - 1)
+        if port not in avoid and _free(port):
             return port
 
 
@@ -137,14 +146,22 @@ class Service:
     def stop(self) -> None:
         if self.proc is None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
+        _signal_group(self.proc, signal.SIGTERM)
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            _signal_group(self.proc, signal.SIGKILL)
             self.proc.wait()
         self.proc = None
         wait_until(lambda: not port_open(self.port), 30, f"port {self.port} to close", 0.1)
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    """Signal a service's whole process group, which is gone already if it failed to start."""
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 class Etcd(Service):
