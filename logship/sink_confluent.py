@@ -66,7 +66,11 @@ MANAGED = {
 # topic.metadata.propagation.max.ms: records to a topic Kafka does not create fail after
 # 5 s (not 30 s), well before an unacknowledged batch counts as a Kafka-wide outage; the
 # worker sends them again, so a slow creation costs a retry, never a line.
-DEFAULTS = {"linger.ms": 5, "batch.size": 1024 * 1024, "topic.metadata.propagation.max.ms": 5000}
+TOPIC_PROPAGATION = 5.0
+DEFAULTS = {"linger.ms": 5, "batch.size": 1024 * 1024,
+            "topic.metadata.propagation.max.ms": int(TOPIC_PROPAGATION * 1000)}
+TOPIC_ASK_TIMEOUT = 1.0         # a worker's wait for a topic's metadata, or for its asker
+TOPIC_ASK_AGAIN = 0.05
 # A transaction begun just after a commit cannot add its partitions until the coordinator
 # has written the last one's markers (CONCURRENT_TRANSACTIONS), and librdkafka asks again
 # after retry.backoff.ms: 100 ms by default, half of a transaction_interval, in which the
@@ -250,6 +254,10 @@ class ConfluentSink(Sink):
             self._own |= {"transactional.id": transactional_id, "log_level": 1}
         self.producer = self._new_producer(self._own)
         self._poller = _Poller(self)
+        self._topics: set[str] = set()              # that Kafka has shown to exist
+        self._missing: dict[str, float] = {}        # topic -> when Kafka first lacked it
+        self._unanswered: dict[str, float] = {}     # topic -> when first asked in vain
+        self._asking = threading.Lock()
 
     def start(self, store: CheckpointStore, metrics: Metrics) -> None:
         """The poller serves librdkafka's reports and errors from here on: an error of
@@ -309,6 +317,56 @@ class ConfluentSink(Sink):
 
     def is_too_large(self, error: BaseException) -> bool:
         return _code(error) in (KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD)
+
+    def prepare(self, topic: str) -> Sent | None:
+        """librdkafka counts topic.metadata.propagation.max.ms from a topic's first record,
+        not from Kafka's first answer: records of a new topic queued while Kafka is down
+        longer than that fail as an unknown topic at its first answer, the very one that
+        has Kafka create the topic (a run where Kafka started 5.5 s after the agent, and
+        the worker restarted on a refused topic). So a topic's metadata is asked for
+        before its first record, by one worker at a time: its lines are held, as in an
+        outage, until Kafka shows the topic; one Kafka lacks that long is explained."""
+        if topic in self._topics:
+            return None
+        if not self._asking.acquire(timeout=TOPIC_ASK_TIMEOUT):
+            return Sent(0, unavailable=f"waiting for the metadata of topic {topic}")
+        try:
+            return None if topic in self._topics else self._ask_for(topic)
+        finally:
+            self._asking.release()
+
+    def _ask_for(self, topic: str) -> Sent | None:
+        """Asked again for a while: the first answer about a new topic is often the one
+        that has Kafka create it."""
+        deadline = time.monotonic() + TOPIC_ASK_TIMEOUT
+        while True:
+            try:
+                described = self.producer.list_topics(topic, timeout=TOPIC_ASK_TIMEOUT) \
+                    .topics[topic]
+            except KafkaException as exc:
+                # An outage's cause reaches the error callback; a Kafka that says nothing
+                # is said once the topic has gone unanswered as long as a batch would.
+                self.health.stalled(self._unanswered.setdefault(topic, time.monotonic()))
+                return Sent(0, unavailable=f"no metadata for topic {topic}: {_describe(exc)}")
+            self._unanswered.pop(topic, None)
+            error = described.error
+            if error is None and described.partitions:
+                self._topics.add(topic)
+                self._missing.pop(topic, None)
+                return None
+            if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                return Sent(0, refused=NOT_AUTHORIZED)
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(TOPIC_ASK_AGAIN)
+        now = time.monotonic()
+        if now - self._missing.setdefault(topic, now) < TOPIC_PROPAGATION:
+            return Sent(0, unavailable=f"topic {topic} not in Kafka's metadata yet")
+        refused = self.explain_topic(topic, KafkaException(error) if error is not None else None)
+        if refused is None:         # it exists by now, or Kafka did not say why not
+            return Sent(0, unavailable=f"topic {topic} not in Kafka's metadata yet")
+        del self._missing[topic]    # the entry's restart gives the topic its time again
+        return Sent(0, refused=refused)
 
     def _produce_job(self, job: Job) -> Sent:
         if self._fatal is not None and "transactional.id" not in self._own:

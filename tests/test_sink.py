@@ -163,3 +163,57 @@ def test_a_replaced_producer_serves_its_purged_records_after_its_fatal_error():
     producer = FencedProducer()
     _serve_last_reports(producer)
     assert producer.served == 2
+
+
+class MetadataOf:
+    """What confluent-kafka's list_topics answers about one topic, in turn."""
+
+    def __init__(self, *answers) -> None:
+        self.answers = list(answers)
+        self.asked = 0
+
+    def list_topics(self, topic: str, timeout: float):
+        self.asked += 1
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return SimpleNamespace(topics={topic: answer})
+
+
+LACKED = SimpleNamespace(error=sink_confluent.KafkaError(
+    sink_confluent.KafkaError.UNKNOWN_TOPIC_OR_PART), partitions={})
+THERE = SimpleNamespace(error=None, partitions={0: object()})
+
+
+def confluent_sink(producer: MetadataOf) -> sink_confluent.ConfluentSink:
+    data = {"etcd": {"endpoints": ["e:1"], "keys": ["k"]},
+            "kafka": {"bootstrap_servers": ["127.0.0.1:1"], "client": "confluent-kafka"}}
+    sink = sink_confluent.ConfluentSink(parse_config(data, Path("/")).kafka, b"h", lambda _: None)
+    sink.producer = producer
+    return sink
+
+
+def test_confluent_asks_for_a_topic_before_its_first_record_and_then_never_again(monkeypatch):
+    """librdkafka would time a new topic's metadata from its first record: records queued
+    while Kafka is down fail as an unknown topic at Kafka's first answer. They are held
+    until Kafka shows the topic, asked again while it is being created."""
+    monkeypatch.setattr(sink_confluent, "TOPIC_ASK_AGAIN", 0)
+    unanswered = sink_confluent.KafkaException(sink_confluent.KafkaError(
+        sink_confluent.KafkaError._TRANSPORT))
+    sink = confluent_sink(MetadataOf(unanswered, LACKED, THERE))
+    assert "no metadata for topic t" in sink.prepare("t").unavailable
+    assert sink.prepare("t") is None            # lacked once (being created), then there
+    assert sink.producer.asked == 3
+    assert sink.prepare("t") is None
+    assert sink.producer.asked == 3
+
+
+def test_confluent_explains_a_topic_kafka_lacks_longer_than_metadata_takes_to_spread(
+        monkeypatch):
+    monkeypatch.setattr(sink_confluent, "TOPIC_ASK_TIMEOUT", 0)
+    sink = confluent_sink(MetadataOf(LACKED))
+    sink.explain_topic = lambda topic, error: f"{topic}: {error.args[0].name()} explained"
+    assert "not in Kafka's metadata yet" in sink.prepare("t").unavailable
+    sink._missing["t"] -= sink_confluent.TOPIC_PROPAGATION
+    assert sink.prepare("t").refused == "t: UNKNOWN_TOPIC_OR_PART explained"
+    assert "not in Kafka's metadata yet" in sink.prepare("t").unavailable  # its time again
