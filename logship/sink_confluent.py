@@ -357,8 +357,12 @@ class ConfluentSink(Sink):
             if error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
                 return Sent(0, refused=NOT_AUTHORIZED)
             if time.monotonic() >= deadline:
-                break
+                return self._lacked(topic, error)
             time.sleep(TOPIC_ASK_AGAIN)
+
+    def _lacked(self, topic: str, error: KafkaError | None) -> Sent:
+        """Kafka answers without the topic: its lines are held for as long as librdkafka
+        would give its metadata to spread, then Kafka is asked why."""
         now = time.monotonic()
         if now - self._missing.setdefault(topic, now) < TOPIC_PROPAGATION:
             return Sent(0, unavailable=f"topic {topic} not in Kafka's metadata yet")
