@@ -65,7 +65,8 @@ MANAGED = {
 }
 # topic.metadata.propagation.max.ms: records to a topic Kafka does not create fail after
 # 5 s (not 30 s), well before an unacknowledged batch counts as a Kafka-wide outage; the
-# worker sends them again, so a slow creation costs a retry, never a line.
+# worker sends them again, so a slow creation costs a retry, never a line. A new topic's
+# first lines wait for it in prepare(), as long, counted from Kafka's first answer.
 TOPIC_PROPAGATION = 5.0
 DEFAULTS = {"linger.ms": 5, "batch.size": 1024 * 1024,
             "topic.metadata.propagation.max.ms": int(TOPIC_PROPAGATION * 1000)}
@@ -364,10 +365,12 @@ class ConfluentSink(Sink):
         """Kafka answers without the topic: its lines are held for as long as librdkafka
         would give its metadata to spread, then Kafka is asked why."""
         now = time.monotonic()
-        if now - self._missing.setdefault(topic, now) < TOPIC_PROPAGATION:
-            return Sent(0, unavailable=f"topic {topic} not in Kafka's metadata yet")
-        refused = self.explain_topic(topic, KafkaException(error) if error is not None else None)
-        if refused is None:         # it exists by now, or Kafka did not say why not
+        refused = None
+        if now - self._missing.setdefault(topic, now) >= TOPIC_PROPAGATION:
+            # None: it exists by now, or Kafka did not say why not
+            cause = KafkaException(error) if error is not None else None
+            refused = self.explain_topic(topic, cause)
+        if refused is None:
             return Sent(0, unavailable=f"topic {topic} not in Kafka's metadata yet")
         del self._missing[topic]    # the entry's restart gives the topic its time again
         return Sent(0, refused=refused)
