@@ -56,7 +56,7 @@ BUSY_FILES, BUSY_LINES = 100, 5000
 IDLE_SECONDS = 30
 SCALE_FILES, SCALE_DIRS = (1000, 5000, 10_000), 10
 ROUNDS = 3
-"""The same row took 27 to 29 µs of CPU a line in some runs and 34 to 41 in others, four
+"""The same row took 28 to 29 µs of CPU a line in some runs and 34 to 41 in others, four
 runs of nine (100 busy files on kafka-python, one run after the other, 2026-12-03): with
 two rounds both were slow about one time in five, and a ratio's target was missed by the
 machine, not by logship."""
