@@ -551,10 +551,11 @@ def target_ratios() -> list[Ratio]:
 
 def report_ratios(results: list[Result], runs: list[list[Result]]) -> None:
     """The targets' ratios, from the table and within each round. The table keeps each
-    row's least-CPU round on its own, so a ratio of two rows may pair rounds minutes apart
-    (the same code gave 0.76 to 1.02 for confluent-kafka's busy / one file, 2026-12-04);
-    within a round the two rows ran a minute or two apart, and the median of the rounds
-    is the steadier figure."""
+    row's least-CPU round on its own, so a ratio of two rows may pair rounds minutes apart,
+    while within a round the two rows ran a minute or two apart: each round's own ratio
+    and their median show how much of a miss or a pass is the pairing (confluent-kafka's
+    busy / one file: 0.76 to 0.93 in the tables of five runs of the same code on
+    2026-12-04, 0.82 to 0.97 in the rounds of the last two)."""
     print(f"\n| ratio | target | table | "
           f"{' | '.join(f'round {i + 1}' for i in range(len(runs)))} | median of rounds |")
     print(f"|---|---|---|{'---|' * len(runs)}---|")
