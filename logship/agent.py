@@ -31,7 +31,8 @@ from logship.metrics import Metrics, MetricsServer
 from logship.clients import check_settings, open_sink
 from logship.sink import Sink
 from logship.spec import Target
-from logship.status import Document, Identity, StatusWriter, document, lag_by_topic
+from logship.status import (Condition, Document, Identity, StatusWriter, document,
+                            lag_by_topic)
 from logship.process import size_futex_hash
 from logship.supervisor import Supervisor
 from logship.worker import Worker
@@ -133,12 +134,14 @@ class Agent:
         return owners
 
     def status_document(self) -> Document:
-        """This agent's status (any thread: /api/status, the status writer, a scrape)."""
+        """This agent's status with every file (any thread: /api/status, the status
+        writer, a scrape)."""
         owners = self._owners()
-        health = self.sink.health
-        down = None if health.up else health.cause or "unavailable"
-        return document(self.identity, self.config.etcd.keys, down, self.workers.states(),
-                        owners, self.sink.delivery)
+        kafka = self.sink.health
+        condition = Condition(None if kafka.up else kafka.cause or "unavailable",
+                              self.sink.delivery, self.health())
+        return document(self.identity, self.config.status, self.config.etcd.keys, condition,
+                        self.workers.states(), owners)
 
     def status_fingerprint(self) -> Hashable | None:
         """Cheap, so that 10,000 idle files cost no status rebuild (a stat and a dict each)
@@ -150,7 +153,7 @@ class Agent:
         if not self.sink.health.up:
             return None
         return (self._declarations, self.workers.changes, tuple(self.config.etcd.keys),
-                self.watcher.changes, self.store.version)
+                self.watcher.changes, self.store.version, self.health())
 
     def health(self) -> str | None:
         """What is wrong, for /healthz; None when healthy."""
@@ -269,7 +272,8 @@ class Agent:
         self._status_writer = StatusWriter(self.source, config.status.prefix + config.name,
                                            config.status, self.status_document,
                                            self.status_fingerprint,
-                                           self.metrics.status_written.set_to_current_time)
+                                           self.metrics.status_written.set_to_current_time,
+                                           self.metrics.status_current.set_to_current_time)
         self._status_writer.start()
 
     def _stop_status(self) -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import threading
 import time
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from logship import __version__, logs
 from logship.logs import plural
@@ -33,7 +34,7 @@ from logship.etcd_source import (ETCD_ERRORS, EtcdSession, EtcdSource, describe,
 from logship.clients import check_positions, check_transactions, reach_broker
 from logship.process import cap_malloc_arenas, collect_cycles_less
 from logship.spec import parse_value
-from logship.status import parse_documents, render
+from logship.status import Document, Table, parse_document
 from logship.top import Options, top
 
 log = logging.getLogger("logship")
@@ -106,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     top_command.add_argument("--agent", nargs="+", default=[], metavar="NAME",
                              help="only these agents")
     top_command.add_argument("--interval", default=str(TOP_INTERVAL), metavar="S",
-                             help=f"seconds between reads of etcd (default: {TOP_INTERVAL:g})")
+                             help=f"seconds between screen updates; changes arrive by a watch "
+                             f"(default: {TOP_INTERVAL:g})")
     top_command.add_argument("--files", action="store_true",
                              help="start with each agent's files shown")
     return parser
@@ -295,20 +297,46 @@ def _refuse_unwatched(config: Config, path: Path, key: str, force: bool) -> None
 
 
 def show_status(args: argparse.Namespace) -> int:
+    """Documents are handled as the pages of the prefix arrive: a fleet's documents are
+    never held at once, nor read in one message."""
     config = _load(args.config)
     prefix = config.status.prefix
     with _etcd(config) as session:
-        documents = parse_documents(session.read_prefix(prefix))
-    if args.name is not None:
-        documents = [d for d in documents if d.get("name") == args.name]
-        if not documents:
-            raise LogshipError(f"agent {args.name}: no status under {prefix} (not running, or "
-                               f"stopped longer ago than status.ttl)")
-    if args.json:
-        print(json.dumps(documents, indent=2))
-    else:
-        print(render(documents, time.time()) if documents else f"no agent under {prefix}")
+        if args.name is not None:
+            value, _revision = session.read(prefix + args.name)
+            doc = None if value is None else parse_document(value)
+            if doc is None:
+                raise LogshipError(f"agent {args.name}: no status under {prefix} (not "
+                                   f"running, or stopped longer ago than status.ttl)")
+            documents: Iterable[Document] = [doc]
+        else:
+            documents = _documents(session, prefix)
+        if args.json:
+            _print_json(documents)
+            return 0
+        table = Table(time.time())
+        for doc in documents:
+            table.add(doc)
+    print(table if len(table) else f"no agent under {prefix}")
     return 0
+
+
+def _documents(session: EtcdSession, prefix: str) -> Iterator[Document]:
+    for page in session.pages(prefix):
+        for _key, value in page.items:
+            doc = parse_document(value)
+            if doc is not None:
+                yield doc
+
+
+def _print_json(documents: Iterable[Document]) -> None:
+    """As json.dumps(list, indent=2) prints it, one document at a time."""
+    opened = False
+    for doc in documents:
+        sys.stdout.write(",\n" if opened else "[\n")
+        sys.stdout.write(textwrap.indent(json.dumps(doc, indent=2), "  "))
+        opened = True
+    sys.stdout.write("\n]\n" if opened else "[]\n")
 
 
 def print_rules(args: argparse.Namespace) -> int:

@@ -90,11 +90,22 @@ class FilesConfig:
 
 @dataclass(frozen=True)
 class StatusConfig:
-    """The agent's status document in etcd, on a lease that dies with the agent."""
+    """The agent's status document in etcd, on a lease that dies with the agent.
+
+    Presence is the lease alone (a keep-alive writes no revision); the document is
+    rewritten within `interval` of a change an operator acts on, and for its counters
+    at most every `progress_interval`: with thousands of agents on one etcd, every
+    write stays in its history until compaction."""
 
     prefix: str = "/logship/agents/"
     ttl: int = 15
     interval: float = 5.0
+    progress_interval: float = 60.0
+
+    @property
+    def keepalive(self) -> float:
+        """Three keep-alives per ttl: the lease survives two lost ones."""
+        return self.ttl / 3
 
 
 @dataclass(frozen=True)
@@ -478,10 +489,13 @@ def _status(section: _Section) -> StatusConfig:
         prefix=section.get("prefix", _str, defaults.prefix),
         ttl=section.get("ttl", _int(2), defaults.ttl),
         interval=section.get("interval", _number(0.1), defaults.interval),
+        progress_interval=section.get("progress_interval", _number(1),
+                                      defaults.progress_interval),
     )
-    if config.interval >= config.ttl:
-        raise ConfigError(f"{section.field('interval')}: must be below {section.field('ttl')} "
-                          f"({config.ttl}), or the status would expire between two writes")
+    if config.progress_interval < config.interval:
+        raise ConfigError(f"{section.field('progress_interval')}: must be at least "
+                          f"{section.field('interval')} ({config.interval:g}): counters are "
+                          f"written at most as often as changes")
     return config
 
 

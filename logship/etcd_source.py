@@ -13,14 +13,16 @@ import os
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 # gRPC's C core writes its own lines to stderr (handshake failures, "Corruption
 # detected"); the agent logs each failure once, with the endpoint and the cause.
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import etcd3  # noqa: E402  (reads GRPC_VERBOSITY when imported)
+import etcd3.etcdrpc  # noqa: E402
 import etcd3.exceptions  # noqa: E402
+import etcd3.utils  # noqa: E402
 import grpc  # noqa: E402
 import grpc._common  # noqa: E402
 
@@ -34,10 +36,21 @@ log = logging.getLogger(__name__)
 ETCD_ERRORS = (etcd3.exceptions.Etcd3Exception, grpc.RpcError, ValueError)
 CONNECTION_ERRORS = (etcd3.exceptions.ConnectionFailedError,
                      etcd3.exceptions.ConnectionTimeoutError)
+TRANSLATED = {grpc.StatusCode.UNAVAILABLE: etcd3.exceptions.ConnectionFailedError,
+              grpc.StatusCode.DEADLINE_EXCEEDED: etcd3.exceptions.ConnectionTimeoutError}
+
+
+def translated(exc: grpc.RpcError) -> BaseException:
+    """The error as etcd3's own calls raise it, for a call that etcd3 does not make."""
+    kind = TRANSLATED.get(exc.code())
+    return exc if kind is None else kind()
 
 
 RECONNECT_CAP = 5.0
 AGENT_GRPC_WAIT = 1.0
+PAGE_KEYS = 100
+"""Keys per range read of a prefix: 100 status documents of at most 16 KiB stay well
+inside gRPC's 4 MiB message limit; a page refused as too large is read again halved."""
 
 
 def wake_grpc_waits_less() -> None:
@@ -69,9 +82,18 @@ class Claim:
 
 @dataclass(frozen=True)
 class KeyChange:
-    """The key's value after a watch event; None when the key was deleted."""
+    """A key's value after a watch event; None when the key was deleted."""
 
+    key: bytes
     value: bytes | None
+
+
+@dataclass(frozen=True)
+class Page:
+    """Keys and values of one range read, all pages of a scan at one `revision`."""
+
+    items: list[tuple[bytes, bytes]]
+    revision: int
 
 
 WAKE = object()
@@ -86,6 +108,7 @@ class EtcdSession:
         self._host, self._port, self._tls = host, port, tls
         self.endpoint = f"{host}:{port}"
         self.events: queue.Queue[KeyChange | BaseException | object] = queue.Queue()
+        self._keepalives: KeepAliveStream | None = None
 
     def read(self, key: str) -> tuple[bytes | None, int]:
         """The value (None if absent) and the revision it was read at."""
@@ -94,16 +117,24 @@ class EtcdSession:
         return value, response.header.revision
 
     def watch(self, key: str, start_revision: int) -> None:
-        self._client.add_watch_callback(key, self._on_watch, start_revision=start_revision)
+        """A key's changes: only its latest value counts, so of the events of one
+        response only the last is handed on."""
+        self._client.add_watch_callback(key, lambda response: self._on_watch(response, -1),
+                                        start_revision=start_revision)
 
-    def _on_watch(self, response: Any) -> None:
+    def watch_prefix(self, prefix: str, start_revision: int) -> None:
+        """Every change of every key under the prefix."""
+        self._client.add_watch_prefix_callback(
+            prefix, lambda response: self._on_watch(response, 0), start_revision=start_revision)
+
+    def _on_watch(self, response: Any, first: int) -> None:
         """Runs on etcd3's watch thread: only hand over, never block."""
         if isinstance(response, BaseException):
             self.events.put(response)
             return
-        for event in response.events[-1:]:
+        for event in response.events[first:]:
             deleted = isinstance(event, etcd3.events.DeleteEvent)
-            self.events.put(KeyChange(None if deleted else event.value))
+            self.events.put(KeyChange(event.key, None if deleted else event.value))
 
     def probe(self) -> None:
         """A cheap call with a timeout: notices a server that hangs without an error."""
@@ -112,9 +143,40 @@ class EtcdSession:
     def version(self) -> str:
         return self._client.status().version
 
-    def read_prefix(self, prefix: str) -> list[bytes]:
-        """Every value under the prefix, in key order."""
-        return [value for value, _meta in self._client.get_prefix(prefix, sort_order="ascend")]
+    def pages(self, prefix: str) -> Iterator[Page]:
+        """Every key under the prefix, in key order, in pages of PAGE_KEYS keys read at
+        the revision of the first one: one consistent snapshot, and no response near
+        gRPC's or etcd's message limits however many keys there are. Watch from the
+        revision + 1 to miss no change after it."""
+        start = prefix.encode()
+        end = etcd3.utils.increment_last_byte(start)
+        limit, revision = PAGE_KEYS, 0
+        while True:
+            try:
+                response = self._range(start, end, limit, revision)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or limit == 1:
+                    raise
+                limit //= 2
+                continue
+            revision = response.header.revision
+            items = [(kv.key, kv.value) for kv in response.kvs]
+            yield Page(items, revision)
+            if not response.more or not items:
+                return
+            start = items[-1][0] + b"\0"
+
+    def _range(self, start: bytes, end: bytes, limit: int, revision: int) -> Any:
+        """etcd3 0.12 takes a limit and a revision but never sends them."""
+        client = self._client
+        request = etcd3.etcdrpc.RangeRequest(key=start, range_end=end, limit=limit,
+                                             revision=revision)
+        try:
+            return client.kvstub.Range(request, client.timeout,
+                                       credentials=client.call_credentials,
+                                       metadata=client.metadata)
+        except grpc.RpcError as exc:
+            raise translated(exc) from None
 
     def put(self, key: str, value: bytes, lease: Any = None) -> None:
         self._client.put(key, value, lease=lease)
@@ -138,10 +200,11 @@ class EtcdSession:
         return self._client.lease(ttl)
 
     def refresh(self, lease: Any) -> None:
-        """etcd3 answers an expired lease with an empty keep-alive reply (TTL 0), not an
-        error: that is an error here, so the caller grants a new one."""
-        replies = lease.refresh()
-        if not replies or replies[0].TTL <= 0:
+        """etcd answers a keep-alive of an expired lease with a TTL of 0, not an error:
+        that is an error here, so the caller grants a new one."""
+        if self._keepalives is None:
+            self._keepalives = KeepAliveStream(self._client)
+        if self._keepalives.renew(lease.id) <= 0:
             raise EtcdUnavailable(f"lease {lease.id:x} expired")
 
     def revoke(self, lease: Any) -> None:
@@ -155,10 +218,53 @@ class EtcdSession:
         return explain(self._host, self._port, self._tls, exc)
 
     def close(self) -> None:
+        if self._keepalives is not None:
+            self._keepalives.close()
         try:
             self._client.close()
         except ETCD_ERRORS:
             pass
+
+
+class KeepAliveStream:
+    """One LeaseKeepAlive stream for a session's keep-alives. etcd3's own refresh opens a
+    stream per keep-alive, which cost etcd 370 µs of CPU each against 130 µs on a stream
+    kept open (measured here, etcd 3.4): with 10,000 agents the difference is half a
+    core. The answers are read on a thread this object owns; close() cancels the call,
+    which ends it."""
+
+    def __init__(self, client: Any) -> None:
+        self._timeout = client.timeout
+        self._requests: queue.Queue[Any] = queue.Queue()
+        self._answers: queue.Queue[Any] = queue.Queue()
+        self._call = client.leasestub.LeaseKeepAlive(iter(self._requests.get, None),
+                                                     credentials=client.call_credentials,
+                                                     metadata=client.metadata)
+        self._reader = threading.Thread(target=self._read, name="etcd-keepalive", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            for answer in self._call:
+                self._answers.put(answer)
+        except grpc.RpcError as exc:
+            self._answers.put(exc)
+
+    def renew(self, lease_id: int) -> int:
+        """The lease's TTL after the keep-alive; raises as etcd3's calls do."""
+        self._requests.put(etcd3.etcdrpc.LeaseKeepAliveRequest(ID=lease_id))
+        try:
+            answer = self._answers.get(timeout=self._timeout)
+        except queue.Empty:
+            raise etcd3.exceptions.ConnectionTimeoutError from None
+        if isinstance(answer, grpc.RpcError):
+            raise translated(answer) from None
+        return answer.TTL
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._call.cancel()
+        self._reader.join(self._timeout)
 
 
 def _quiet_closed_watch_thread(args: threading.ExceptHookArgs) -> None:

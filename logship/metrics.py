@@ -88,8 +88,12 @@ class Metrics:
             buckets=(1, 10, 100, 1000, 5000, 10_000, 25_000, 50_000, 100_000), registry=r)
         self.status_written = Gauge("logship_status_written_timestamp_seconds",
                                     "When the status document was last written to etcd (unix "
-                                    "time; 0: not yet). It is rewritten at least every "
-                                    "status.ttl.", registry=r)
+                                    "time; 0: not yet). It is rewritten only when it changed.",
+                                    registry=r)
+        self.status_current = Gauge("logship_status_current_timestamp_seconds",
+                                    "When the status document in etcd was last known to be "
+                                    "current: written, or unchanged with its lease kept alive "
+                                    "(unix time; 0: not yet).", registry=r)
         self.checkpoint_errors = Counter("logship_checkpoint_save_errors",
                                          "Failed saves of the read offsets to state_dir.",
                                          registry=r)

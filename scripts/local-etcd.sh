@@ -5,7 +5,8 @@
 #   scripts/local-etcd.sh start PORT DATA_DIR   # background, waits until the port answers
 #   scripts/local-etcd.sh stop  PORT DATA_DIR
 #
-# Peers listen on PORT+1. Restarting with the same DATA_DIR keeps the keys.
+# Peers listen on PORT+1. Restarting with the same DATA_DIR keeps the keys. History older
+# than 10 minutes is compacted, as a fleet's etcd needs (docs/operating.md, sizing etcd).
 # Optional, for the security tests: ETCD_CERT and ETCD_KEY serve clients over TLS
 # (https); ETCD_CLIENT_CA also requires a client certificate signed by that CA.
 set -euo pipefail
@@ -30,6 +31,7 @@ case "$cmd" in
       --listen-peer-urls "http://127.0.0.1:$((port + 1))" \
       --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
       --initial-cluster "logship-local=http://127.0.0.1:$((port + 1))" \
+      --auto-compaction-mode periodic --auto-compaction-retention 10m \
       --log-level warn --logger zap
     ;;
   start) service_start ;;

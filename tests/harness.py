@@ -6,6 +6,7 @@ to let something happen.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -180,6 +182,14 @@ class Etcd(Service):
         with self.client() as client:
             client.put(key, raw)
 
+    def put_all(self, values: dict[str, str]) -> None:
+        """Many keys, 100 a transaction (etcd's default limit is 128 operations)."""
+        items = list(values.items())
+        with self.client() as client:
+            for start in range(0, len(items), 100):
+                client.transaction(compare=[], failure=[], success=[
+                    client.transactions.put(key, value) for key, value in items[start:start + 100]])
+
     def delete(self, key: str) -> None:
         with self.client() as client:
             client.delete(key)
@@ -187,6 +197,44 @@ class Etcd(Service):
     def get(self, key: str) -> bytes | None:
         with self.client() as client:
             return client.get(key)[0]
+
+
+class KeyWrites:
+    """Every write of one etcd key from now on, seen by `etcdctl watch` (a process of its
+    own: etcd3's watch thread would leave gRPC running in this one, and a child forked
+    from a process with gRPC threads may abort before its exec): (monotonic time, value)."""
+
+    def __init__(self, etcd: Etcd, key: str) -> None:
+        self.writes: list[tuple[float, bytes]] = []
+        with etcd.client() as client:
+            revision = client.get_response(key).header.revision
+        self._proc = subprocess.Popen(
+            ["etcdctl", f"--endpoints={etcd.endpoint}", "watch", key, "--rev",
+             str(revision + 1), "--write-out=json"], stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env={**os.environ, "ETCDCTL_API": "3"})
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self._proc.stdout:
+            response = json.loads(line)
+            self.writes += [(time.monotonic(), base64.b64decode(event["kv"].get("value", "")))
+                            for event in response.get("Events") or []
+                            if event.get("type", 0) == 0]
+
+    def close(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(10)
+        self._reader.join(10)
+
+
+def etcd_metric(etcd: Etcd, name: str, **labels: str) -> float:
+    """One series of the etcd server's own /metrics."""
+    with urllib.request.urlopen(f"http://{etcd.address}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == name and labels.items() <= sample.labels.items())
 
 
 ETCD_ROOT_PASSWORD = "etcd-root-secret-0815"

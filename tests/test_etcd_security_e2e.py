@@ -53,7 +53,8 @@ def ship_one_file(etcd: SecureEtcd, agent_etcd: dict, kafka, make_agent, reader,
     name = unique("agent")
     agent = make_agent(etcd, kafka, [key], etcd={**agent_etcd, "keys": [key]},
                        agent={"name": name},
-                       status={"prefix": ETCD_STATUS_PREFIX, "ttl": 5, "interval": 0.5}).start()
+                       status={"prefix": ETCD_STATUS_PREFIX, "ttl": 5, "interval": 0.5,
+                               "progress_interval": 1}).start()
     agent.wait_log(f"key={key} watching on 127.0.0.1:{etcd.port}")
     assert sorted(numbers(reader(topic).wait_count(50))) == list(range(50))
     agent.wait_log(f"status {ETCD_STATUS_PREFIX}{name} written")

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import time
 
 import pytest
 
-from harness import Agent, logship, numbered, unique, wait_until
+from harness import Agent, Etcd, KeyWrites, logship, numbered, unique, wait_until
+from test_delivery_e2e import Writer
 
 pytestmark = pytest.mark.e2e
 
@@ -17,7 +19,8 @@ pytestmark = pytest.mark.e2e
 def fleet_agent(workdir, etcd, kafka, name: str, prefix: str, **sections) -> Agent:
     workdir.mkdir(exist_ok=True)
     return Agent(workdir, etcd, kafka, [prefix + "hosts/{name}"], agent={"name": name},
-                 status={"prefix": prefix + "agents/", "ttl": 3, "interval": 0.5}, **sections)
+                 status={"prefix": prefix + "agents/", "ttl": 3, "interval": 0.5,
+                         "progress_interval": 1}, **sections)
 
 
 def statuses(agent: Agent, *args: str) -> list[dict]:
@@ -170,6 +173,111 @@ def test_a_second_agent_of_the_same_name_is_told_and_leaves_the_first_ones_statu
         for agent in (first, second):
             if agent.proc is not None:
                 agent.kill()
+
+
+def test_an_agent_rewrites_its_status_only_when_it_changes(etcd, kafka, prefix, topic, tmp_path):
+    """Counted with a watch on each key: an idle agent writes nothing while its lease is
+    kept alive; a busy one writes its counters at most every progress_interval; a new
+    file is written within status.interval."""
+    idle = fleet_agent(tmp_path / "idle", etcd, kafka, "quiet-1", prefix)
+    busy = fleet_agent(tmp_path / "busy", etcd, kafka, "busy-1", prefix)
+    for agent in (idle, busy):
+        agent.config["status"]["progress_interval"] = 2
+        agent.write_config()
+    log = busy.workdir / "busy.log"
+    log.write_bytes(b"")
+    idle_value = [{"path": str(idle.workdir / "idle.log"), "topic": topic}]
+    etcd.put(prefix + "hosts/quiet-1", idle_value)
+    etcd.put(prefix + "hosts/busy-1", [{"path": str(log), "topic": topic}])
+    writer = Writer(log, total=10**9, rate=200, batch=20)
+    watches: list[KeyWrites] = []
+    try:
+        idle.start().wait_log("worker started")
+        busy.start().wait_log("worker started")
+        writer.start()
+        wait_until(lambda: (status_of(busy, "busy-1") or {}).get("records_sent"), 20,
+                   "the busy agent's records in its status")
+        wait_until(lambda: first_file(status_of(idle, "quiet-1")).get("state") == "waiting", 10,
+                   "the idle agent's status with its file")
+        watches = [KeyWrites(etcd, prefix + "agents/" + name) for name in ("quiet-1", "busy-1")]
+        started = time.monotonic()
+        wait_until(lambda: len(watches[1].writes) >= 4, 30, "four writes of the busy agent")
+        window = time.monotonic() - started
+        assert watches[0].writes == [], "the idle agent rewrote an unchanged document"
+        assert len(watches[1].writes) <= window / 2 + 1, (len(watches[1].writes), window)
+        assert all(len(value) < 4096 for _, value in watches[1].writes)
+        assert status_of(idle, "quiet-1") is not None, "its lease kept alive"
+        assert idle.metric("logship_status_current_timestamp_seconds") > time.time() - 3
+        assert idle.metric("logship_status_written_timestamp_seconds") < time.time() - window
+
+        etcd.put(prefix + "hosts/quiet-1",
+                 idle_value + [{"path": str(idle.workdir / "new.log"), "topic": topic}])
+        wait_until(lambda: watches[0].writes, 5, "a new file written within status.interval")
+        assert json.loads(watches[0].writes[-1][1])["files_total"] == 2
+    finally:
+        writer.stop()
+        for watch in watches:
+            watch.close()
+        for agent in (idle, busy):
+            if agent.proc is not None:
+                agent.kill()
+
+
+def test_a_status_of_2000_files_stays_small_and_api_status_lists_them_all(
+        etcd, kafka, prefix, topic, tmp_path):
+    agent = fleet_agent(tmp_path / "agent", etcd, kafka, "wide-1", prefix)
+    logs = agent.workdir / "logs"
+    logs.mkdir()
+    for i in range(2000):
+        (logs / f"file-{i:04d}-with-a-name-of-some-length.log").write_bytes(b"")
+    etcd.put(prefix + "hosts/wide-1", [{"path": str(logs / "*.log"), "topic": topic}])
+    try:
+        agent.start()
+        doc = wait_until(lambda: (d := status_of(agent, "wide-1")) and d["files_total"] == 2000
+                         and d["files_by_state"] == {"shipping": 2000} and d, 120,
+                         "a status of 2,000 files, all shipping")
+        value = etcd.get(prefix + "agents/wide-1")
+        assert len(value) <= 16 * 1024, len(value)
+        assert 0 < len(doc["files"]) <= 10
+        assert len(json.loads(agent.scrape("/api/status"))["files"]) == 2000
+    finally:
+        if agent.proc is not None:
+            agent.kill()
+
+
+def fleet_documents(etcd: Etcd, prefix: str, count: int, size: int) -> None:
+    """`count` documents of `size` bytes, as agents write them."""
+    doc = {"host": "h", "pid": 1, "version": "0.1.0", "kafka": "ok", "delivery": "at-least-once",
+           "updated": "2026-12-07T10:00:00.000+00:00", "interval": 5.0, "progress_interval": 60.0,
+           "files_total": 20, "files_by_state": {"shipping": 20}, "lag_bytes": 0,
+           "records_sent": 100, "records_per_second": 0.0, "health": "ok",
+           "files": [{"path": f"/var/log/app-{i}.log", "topic": "app", "keys": ["k"],
+                      "state": "shipping", "offset": 1, "size": 1, "lag_bytes": 0,
+                      "records_sent": 5, "records_per_second": 0.0, "last_error": None}
+                     for i in range(10)]}
+    doc["padding"] = "x" * (size - len(json.dumps(doc)))
+    etcd.put_all({f"{prefix}agent-{i:05d}": json.dumps({**doc, "name": f"agent-{i:05d}"})
+                  for i in range(count)})
+
+
+def test_status_and_top_read_a_fleet_larger_than_one_etcd_message(etcd, kafka, prefix, tmp_path):
+    """1,200 documents of 5 kB: 6 MB under the prefix, beyond gRPC's 4 MiB per message."""
+    fleet_documents(etcd, prefix + "agents/", 1200, 5000)
+    viewer = fleet_agent(tmp_path, etcd, kafka, "viewer", prefix)
+    documents = statuses(viewer)
+    assert [d["name"] for d in documents] == [f"agent-{i:05d}" for i in range(1200)]
+    table = logship("status", "--config", viewer.config_path)
+    assert table.returncode == 0, table.stderr
+    rows = table.stdout.decode().split("\n\n")[0].splitlines()
+    assert len(rows) == 1 + 1200 and rows[1].startswith("agent-00000 ")
+    [one] = statuses(viewer, "agent-00777")
+    assert one["name"] == "agent-00777"
+    frame = logship("top", "--config", viewer.config_path)
+    assert frame.returncode == 0, frame.stderr
+    assert frame.stdout.decode().startswith("logship top: 1200 agents, 24000 files")
+    named = logship("top", "--config", viewer.config_path, "--agent", "agent-00001",
+                    "agent-01199")
+    assert named.stdout.decode().startswith("logship top: 2 agents"), named.stderr
 
 
 def test_status_says_when_etcd_cannot_be_reached(kafka, tmp_path):

@@ -8,13 +8,17 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from harness import (Agent, Etcd, as_in_a_terminal, logship, stat_fields, unique,
+from harness import (Agent, Etcd, as_in_a_terminal, etcd_metric, logship, stat_fields, unique,
                      wait_until)
 from test_delivery_e2e import Writer
+from test_fleet_e2e import fleet_documents
+
+from logship.status import rfc3339
 
 pytestmark = pytest.mark.e2e
 
@@ -149,7 +153,8 @@ def _bytes(number: str, unit: str) -> float:
 def agent_of(workdir: Path, etcd, kafka, name: str, prefix: str, **status) -> Agent:
     workdir.mkdir(exist_ok=True)
     return Agent(workdir, etcd, kafka, [prefix + "hosts/{name}"], agent={"name": name},
-                 status={"prefix": prefix + "agents/", "ttl": 3, "interval": 0.5, **status})
+                 status={"prefix": prefix + "agents/", "ttl": 3, "interval": 0.5,
+                         "progress_interval": 1, **status})
 
 
 @pytest.fixture
@@ -210,24 +215,51 @@ def test_top_shows_an_agent_its_rate_and_its_lag_while_kafka_is_down(
             agent.kill()
 
 
-def test_top_marks_a_stale_agent_and_drops_one_whose_lease_expired(
+def age_of(line: str) -> float:
+    """An agent row's AGE, in seconds."""
+    age = line.split()[-1]
+    return float(age[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[age[-1]]
+
+
+def test_top_marks_a_frozen_agent_stale_while_its_lease_lives_then_drops_it(
         etcd, kafka, prefix, topic, terminals, tmp_path):
-    agent = agent_of(tmp_path / "idle", etcd, kafka, "idle-1", prefix, ttl=8)
-    etcd.put(prefix + "hosts/idle-1", [{"path": str(agent.workdir / "idle.log"), "topic": topic}])
-    viewer = agent_of(tmp_path / "viewer", etcd, kafka, "viewer", prefix, ttl=2)
+    """An idle agent's document grows old without being stale: nothing it reports has
+    moved. A busy agent that stops writing documents (SIGSTOP: its lease lives on until
+    status.ttl) is stale once overdue, then gone with its lease."""
+    idle = agent_of(tmp_path / "idle", etcd, kafka, "idle-1", prefix)
+    busy = agent_of(tmp_path / "busy", etcd, kafka, "busy-1", prefix, ttl=15)
+    log = busy.workdir / "busy.log"
+    log.write_bytes(b"")
+    etcd.put(prefix + "hosts/idle-1", [{"path": str(idle.workdir / "idle.log"), "topic": topic}])
+    etcd.put(prefix + "hosts/busy-1", [{"path": str(log), "topic": topic}])
+    viewer = agent_of(tmp_path / "viewer", etcd, kafka, "viewer", prefix)
+    writer = Writer(log, total=10**9, rate=500, batch=25)
     try:
-        agent.start().wait_log("worker started")
+        idle.start().wait_log("worker started")
+        busy.start().wait_log("worker started")
+        writer.start()
         terminal = terminals(tmp_path, top_command(viewer.config_path, "--interval", "0.3"))
-        terminal.wait(lambda s: (r := row(s, "idle-1")) and "stale" in r["line"],
-                      "an agent whose document stopped moving, marked stale")
+        terminal.wait(lambda s: (r := row(s, "busy-1")) and r["rate"] > 0, "the busy agent's rate")
+        busy.signal(signal.SIGSTOP)
+        screen = terminal.wait(lambda s: (r := row(s, "busy-1")) and "stale" in r["line"],
+                               "the frozen agent marked stale, its lease alive")
+        idle_row = row(screen, "idle-1")["line"]
+        assert "stale" not in idle_row and "shipping" in idle_row
+        terminal.wait(lambda s: (r := row(s, "idle-1")) and age_of(r["line"]) > 3
+                      and "stale" not in r["line"], "the idle agent's document old, not stale")
         piped = logship("top", "--config", viewer.config_path)
         assert piped.returncode == 0, piped.stderr
         assert b"\x1b" not in piped.stdout and b"idle-1" in piped.stdout
-        agent.kill()
-        terminal.wait(lambda s: row(s, "idle-1") is None, "the agent gone with its lease")
+        assert b"stale" in next(line for line in piped.stdout.splitlines() if b"busy-1" in line)
+        terminal.wait(lambda s: row(s, "busy-1") is None, "the frozen agent gone with its lease",
+                      timeout=40)
+        idle.kill()
+        terminal.wait(lambda s: row(s, "idle-1") is None, "the killed agent gone with its lease")
     finally:
-        if agent.proc is not None:
-            agent.kill()
+        writer.stop()
+        for agent in (idle, busy):
+            if agent.proc is not None:
+                agent.kill()
 
 
 def test_top_in_a_small_terminal_through_an_etcd_outage_and_ctrl_c(
@@ -252,6 +284,49 @@ def test_top_in_a_small_terminal_through_an_etcd_outage_and_ctrl_c(
         terminal.press("C-c")
         assert terminal.wait_exit("top to exit on Ctrl-C") == 0
         assert "Traceback" not in terminal.screen()
+    finally:
+        etcd.stop()
+
+
+def range_reads(etcd: Etcd) -> float:
+    return etcd_metric(etcd, "grpc_server_started_total", grpc_method="Range")
+
+
+def test_top_follows_the_fleet_by_a_watch_and_reads_again_only_when_it_is_lost(
+        kafka, prefix, terminals, tmp_path_factory, tmp_path):
+    """Counted by etcd itself: after the first frame, documents added, changed and
+    deleted reach the screen with no range read; a restarted etcd is read again."""
+    etcd = Etcd(tmp_path_factory.mktemp("etcd-watch") / "data")
+    etcd.start()
+    try:
+        fleet_documents(etcd, prefix + "agents/", 300, 3000)
+        viewer = agent_of(tmp_path, etcd, kafka, "viewer", prefix)
+        terminal = terminals(tmp_path, top_command(viewer.config_path, "--interval", "0.3"))
+        terminal.wait(lambda s: s.startswith("logship top: 300 agents"), "the first frame")
+        reads = range_reads(etcd)
+        fleet_documents(etcd, prefix + "agents/", 302, 3000)
+        terminal.wait(lambda s: s.startswith("logship top: 302 agents"), "two new agents")
+        held = {"name": "agent-00005", "host": "h", "version": "0.1.0", "kafka": "unavailable",
+                "updated": rfc3339(time.time()), "interval": 0.5, "progress_interval": 1,
+                "kafka_cause": "all brokers down", "files_total": 1, "lag_bytes": 5 << 30,
+                "files": []}
+        etcd.put(prefix + "agents/agent-00005", held)
+        terminal.wait(lambda s: (r := row(s, "agent-00005")) and "held" in r["line"]
+                      and r["lag"] == 5 << 30, "a changed document, worst lag first")
+        etcd.delete(prefix + "agents/agent-00005")
+        terminal.wait(lambda s: s.startswith("logship top: 301 agents")
+                      and row(s, "agent-00005") is None, "a deleted document gone")
+        assert range_reads(etcd) == reads, "top read the prefix again"
+        etcd.stop()
+        terminal.wait(lambda s: "retrying every" in s, "etcd down, on screen")
+        etcd.start()
+        terminal.wait(lambda s: "retrying" not in s, "read again once etcd is back", timeout=60)
+        assert range_reads(etcd) > 0
+        fleet_documents(etcd, prefix + "agents/", 303, 3000)
+        terminal.wait(lambda s: s.startswith("logship top: 303 agents"),
+                      "changes after the outage, by the new watch")
+        terminal.press("q")
+        assert terminal.wait_exit("top to exit on q") == 0
     finally:
         etcd.stop()
 
