@@ -21,7 +21,10 @@ Starts its own etcd and Kafka on free loopback ports (tests/harness.py) and meas
   over 30 quiet seconds; for 10,000 (and on confluent-kafka too) the agent is then
   stopped, a line appended to each file, and the time from its start until every new
   line is in Kafka (every file resumed at its saved offset). `bench.py --scale N
-  [CLIENT]` runs one such row alone.
+  [CLIENT]` runs one such row alone;
+- fleet (scripts/benchmarks/fleet.py): one agent's status writes to etcd (idle, busy,
+  2,000 files), lease keep-alives, `logship status` and `top` over 1,000 and 10,000
+  agents' documents. `bench.py --fleet` runs it alone.
 
 kcat and rsyslog-kafka are Debian packages; the bench installs them when missing.
 Usage: .venv/bin/python scripts/bench.py [LINES] [SIZE]
@@ -49,11 +52,14 @@ from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from harness import Agent, Etcd, Kafka, stat_fields, wait_until  # noqa: E402
+from harness import Agent, Etcd, Kafka, wait_until  # noqa: E402
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
+from benchmarks.common import (AT_LEAST_ONCE, EXACTLY_ONCE, bench_agent,  # noqa: E402
+                               cpu_seconds, memory, progress)
+from benchmarks.fleet import report_fleet, run_fleet  # noqa: E402
+
 CLIENTS = ("kafka-python", "confluent-kafka")
-AT_LEAST_ONCE, EXACTLY_ONCE = "at-least-once", "exactly-once"
 PACKAGES = {"kcat": "kcat", "rsyslogd": "rsyslog-kafka"}
 LATENCY_RATE, LATENCY_SECONDS = 1000, 10
 BUSY_FILES, BUSY_LINES = 100, 5000
@@ -64,7 +70,6 @@ ROUNDS = 3
 runs of nine (100 busy files on kafka-python, one run after the other, 2026-12-03): with
 two rounds both were slow about one time in five, and a ratio's target was missed by the
 machine, not by logship."""
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -78,20 +83,6 @@ class Result:
     @property
     def rate(self) -> float:
         return self.lines / self.seconds
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = stat_fields(Path(f"/proc/{pid}/stat"))
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def memory(pid: int, field: str) -> int:
-    """VmHWM (peak) or VmRSS (now) of a running process, in bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise LookupError(field)
 
 
 def install_missing() -> None:
@@ -220,22 +211,6 @@ def bench_rsyslog(kafka: Kafka, path: Path, lines: int, tmp: Path, run: int,
     finally:
         proc.terminate()
         proc.wait(30)
-
-
-def bench_agent(workdir: Path, etcd: Etcd, kafka: Kafka, key: str, client: str,
-                delivery: str = AT_LEAST_ONCE) -> Agent:
-    """The real agent with the shipped defaults (the test harness polls faster)."""
-    agent = Agent(workdir, etcd, kafka, [key], client, allowed_paths=[f"{workdir}/**"], files={},
-                  agent={"name": key})
-    for setting in ("timeout", "probe_interval"):
-        del agent.config["etcd"][setting]
-    agent.config["kafka"]["delivery"] = delivery
-    # Not beside its log, as on a host: each log line would be an event on the config's
-    # directory, which the agent watches for edits.
-    agent.config_path = workdir / "etc" / "config.yaml"
-    agent.config_path.parent.mkdir(parents=True, exist_ok=True)
-    agent.write_config()
-    return agent
 
 
 def ship_with_logship(etcd: Etcd, kafka: Kafka, workdir: Path, entries: list[dict],
@@ -612,11 +587,6 @@ def run_scale(etcd: Etcd, kafka: Kafka, tmp: Path) -> list[Scale]:
             for files, client in runs]
 
 
-def progress(result, *what):
-    print(*what, result, file=sys.stderr, flush=True)
-    return result
-
-
 @contextmanager
 def services():
     """etcd and Kafka on free loopback ports, in a temporary folder also given to the runs."""
@@ -648,7 +618,9 @@ def main() -> None:
             bench_latency(etcd, kafka, client, tmp, delivery), client, delivery)
             for client in CLIENTS for delivery in (AT_LEAST_ONCE, EXACTLY_ONCE)}
         scale = run_scale(etcd, kafka, tmp)
+        fleet = run_fleet(etcd, kafka, tmp)
     report(lines, size, runs, results, latency, scale)
+    report_fleet(*fleet)
 
 
 def main_scale(files: int, client: str) -> None:
@@ -658,10 +630,19 @@ def main_scale(files: int, client: str) -> None:
     report_scale([result])
 
 
+def main_fleet() -> None:
+    """`bench.py --fleet`: what a fleet costs etcd, alone."""
+    with services() as (etcd, kafka, tmp):
+        fleet = run_fleet(etcd, kafka, tmp)
+    report_fleet(*fleet)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--bare-loop"]:
         bare_loop(*sys.argv[2:5])
     elif sys.argv[1:2] == ["--scale"]:
         main_scale(int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else CLIENTS[0])
+    elif sys.argv[1:2] == ["--fleet"]:
+        main_fleet()
     else:
         main()
