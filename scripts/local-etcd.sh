@@ -7,6 +7,8 @@
 #
 # Peers listen on PORT+1. Restarting with the same DATA_DIR keeps the keys. History older
 # than 10 minutes is compacted, as a fleet's etcd needs (docs/operating.md, sizing etcd).
+# Optional, for a cluster: LOCAL_ETCD_NAME (this member's name) and LOCAL_ETCD_CLUSTER (every
+# member's name=http://127.0.0.1:PEER_PORT, comma-separated).
 # Optional, for the security tests: ETCD_CERT and ETCD_KEY serve clients over TLS
 # (https); ETCD_CLIENT_CA also requires a client certificate signed by that CA.
 set -euo pipefail
@@ -26,11 +28,12 @@ case "$cmd" in
         tls+=(--trusted-ca-file "$ETCD_CLIENT_CA" --client-cert-auth)
       fi
     fi
-    exec etcd --name logship-local --data-dir "$dir/data" "${tls[@]}" \
+    name=${LOCAL_ETCD_NAME:-logship-local}
+    exec etcd --name "$name" --data-dir "$dir/data" "${tls[@]}" \
       --listen-client-urls "$scheme://127.0.0.1:$port" --advertise-client-urls "$scheme://127.0.0.1:$port" \
       --listen-peer-urls "http://127.0.0.1:$((port + 1))" \
       --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
-      --initial-cluster "logship-local=http://127.0.0.1:$((port + 1))" \
+      --initial-cluster "${LOCAL_ETCD_CLUSTER:-$name=http://127.0.0.1:$((port + 1))}" \
       --auto-compaction-mode periodic --auto-compaction-retention 10m \
       --log-level warn --logger zap
     ;;

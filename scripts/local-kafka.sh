@@ -11,6 +11,11 @@
 # broker's properties (later keys win: listeners, TLS, SASL); KAFKA_SCRAM holds SCRAM
 # credentials, separated by spaces, created when the storage is formatted
 # ('SCRAM-SHA-512=[name=u,password=p] SCRAM-SHA-512=[name=v,password=q]').
+# Optional, for a cluster of nodes that are each broker and controller: KAFKA_NODE_ID,
+# KAFKA_VOTERS (every node's id@127.0.0.1:CONTROLLER_PORT, comma-separated), the same
+# KAFKA_CLUSTER_ID on every node, and KAFKA_REPLICATION: the replication factor of new
+# topics, of the consumer offsets and of the transaction log; above 1, their
+# min.insync.replicas is 2.
 set -euo pipefail
 . "$(dirname "$0")/service-lib.sh"
 service_args "$@"
@@ -21,11 +26,16 @@ mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 NAME=kafka WAIT_SECONDS=60
 
+node_id=${KAFKA_NODE_ID:-1}
+voters=${KAFKA_VOTERS:-$node_id@127.0.0.1:$((port + 1))}
+replication=${KAFKA_REPLICATION:-1}
+min_isr=$(( replication > 1 ? 2 : 1 ))
+
 write_config() {
   cat > "$dir/server.properties" <<PROPS
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$((port + 1))
+node.id=$node_id
+controller.quorum.voters=$voters
 listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$((port + 1))
 advertised.listeners=PLAINTEXT://127.0.0.1:$port
 controller.listener.names=CONTROLLER
@@ -34,9 +44,11 @@ inter.broker.listener.name=PLAINTEXT
 log.dirs=$dir/data
 num.partitions=3
 auto.create.topics.enable=true
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+default.replication.factor=$replication
+min.insync.replicas=$min_isr
+offsets.topic.replication.factor=$replication
+transaction.state.log.replication.factor=$replication
+transaction.state.log.min.isr=$min_isr
 group.initial.rebalance.delay.ms=0
 message.max.bytes=16777216
 replica.fetch.max.bytes=16777216
@@ -59,9 +71,9 @@ format_storage() {
   local id scram=()
   for credential in ${KAFKA_SCRAM:-}; do scram+=(--add-scram "$credential"); done
   # A cluster id that starts with "-" would be read as an option: draw again.
-  id=$(python3 -c 'import base64, uuid
+  id=${KAFKA_CLUSTER_ID:-$(python3 -c 'import base64, uuid
 while (i := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"): pass
-print(i)')
+print(i)')}
   "${java_cmd[@]}" kafka.tools.StorageTool format -t "$id" -c "$dir/server.properties" \
     "${scram[@]}" >"$dir/format.log" 2>&1
 }

@@ -24,7 +24,11 @@ from pathlib import Path
 from typing import Callable
 
 import etcd3
+import etcd3.exceptions
+import grpc
 import yaml
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient as ConfluentAdmin
 from prometheus_client.parser import text_string_to_metric_families
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import (ACL, ACLOperation, ACLPermissionType, NewTopic, ResourcePattern,
@@ -131,10 +135,17 @@ class Service:
     env: dict[str, str] = {}
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """The process alone: the members of a cluster are launched before any is ready."""
         log = open(self.data_dir.with_suffix(".log"), "ab")
         self.proc = subprocess.Popen([str(SCRIPTS / self.script), "run", str(self.port),
                                       str(self.data_dir)], stdout=log, stderr=log,
                                      env={**os.environ, **self.env}, start_new_session=True)
+
+    def wait_ready(self) -> None:
         wait_until(self.ready, self.start_timeout, f"{self.script} on port {self.port}", 0.2)
 
     def ready(self) -> bool:
@@ -154,6 +165,15 @@ class Service:
         except subprocess.TimeoutExpired:
             _signal_group(self.proc, signal.SIGKILL)
             self.proc.wait()
+        self.proc = None
+        wait_until(lambda: not port_open(self.port), 30, f"port {self.port} to close", 0.1)
+
+    def kill(self) -> None:
+        """kill -9, as a crash or a lost host ends it."""
+        if self.proc is None:
+            return
+        _signal_group(self.proc, signal.SIGKILL)
+        self.proc.wait()
         self.proc = None
         wait_until(lambda: not port_open(self.port), 30, f"port {self.port} to close", 0.1)
 
@@ -309,7 +329,52 @@ class SecureEtcd(Etcd):
                        timeout=30)
 
 
-class Kafka(Service):
+class KafkaAdmin:
+    """What tests ask of a broker or a cluster (at `address`) through its admin API."""
+
+    address: str
+
+    def _admin(self) -> KafkaAdminClient:
+        return KafkaAdminClient(bootstrap_servers=self.address, api_version=(2, 8))
+
+    def create_topic(self, name: str, replicas: int = 1, **configs: str) -> None:
+        """A topic of one partition with its own settings, e.g. a lower max.message.bytes."""
+        admin = self._admin()
+        try:
+            admin.create_topics([NewTopic(name, 1, replicas, topic_configs=configs)])
+        finally:
+            admin.close()
+
+    def delete_topic(self, name: str) -> None:
+        admin = self._admin()
+        try:
+            admin.delete_topics([name])
+        finally:
+            admin.close()
+
+    def partitions(self, *topics: str) -> list[dict]:
+        """Each partition of the topics (every topic without any): leader_id,
+        replica_nodes, isr_nodes."""
+        admin = self._admin()
+        try:
+            described = admin.describe_topics(list(topics) or None)
+        finally:
+            admin.close()
+        return [{**partition, "topic": topic["name"]} for topic in described
+                for partition in topic["partitions"]]
+
+    def leader(self, topic: str) -> int:
+        """The node id leading a topic of one partition."""
+        [partition] = self.partitions(topic)
+        return partition["leader_id"]
+
+    def in_sync(self) -> bool:
+        """Every partition's replicas all in sync: one broker may be restarted next."""
+        return all(sorted(p["isr_nodes"]) == sorted(p["replica_nodes"])
+                   for p in self.partitions())
+
+
+class Kafka(KafkaAdmin, Service):
     script = "local-kafka.sh"
     start_timeout = 120.0
 
@@ -329,20 +394,114 @@ class Kafka(Service):
             consumer.close()
 
 
-    def create_topic(self, name: str, **configs: str) -> None:
-        """A topic with its own settings, e.g. a lower max.message.bytes."""
-        admin = KafkaAdminClient(bootstrap_servers=self.address, api_version=(2, 8))
-        try:
-            admin.create_topics([NewTopic(name, 1, 1, topic_configs=configs)])
-        finally:
-            admin.close()
+def cluster_ports(size: int) -> list[int]:
+    """`size` port pairs (a service uses PORT+1 too), none overlapping."""
+    ports: list[int] = []
+    while len(ports) < size:
+        port = free_port_pair()
+        if not {port, port + 1} & {p + d for p in ports for d in (0, 1)}:
+            ports.append(port)
+    return ports
 
-    def delete_topic(self, name: str) -> None:
-        admin = KafkaAdminClient(bootstrap_servers=self.address, api_version=(2, 8))
+
+class Cluster:
+    """Members of one service started together: each is one of its kind (Etcd, Kafka),
+    killed, stopped and started alone by the tests."""
+
+    members: list[Service]
+
+    def start(self) -> None:
+        for member in self.members:
+            member.data_dir.parent.mkdir(parents=True, exist_ok=True)
+            member.launch()
+        for member in self.members:
+            member.wait_ready()
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+
+class KafkaCluster(KafkaAdmin, Cluster):
+    """Three KRaft nodes, each broker and controller, as production runs Kafka: topics
+    and the transaction log replicated three times, min.insync.replicas 2."""
+
+    def __init__(self, data_dir: Path, size: int = 3) -> None:
+        ports = cluster_ports(size)
+        cluster_id = _kafka_cluster_id()
+        voters = ",".join(f"{i + 1}@127.0.0.1:{port + 1}" for i, port in enumerate(ports))
+        self.members = []
+        for i, port in enumerate(ports):
+            node = Kafka(data_dir / f"node-{i + 1}", port)
+            node.env = {"KAFKA_NODE_ID": str(i + 1), "KAFKA_VOTERS": voters,
+                        "KAFKA_CLUSTER_ID": cluster_id, "KAFKA_REPLICATION": str(size)}
+            self.members.append(node)
+
+    @property
+    def address(self) -> str:
+        """As a client's bootstrap list: every broker."""
+        return ",".join(member.address for member in self.members)
+
+    def start(self) -> None:
+        """Until every broker is in the cluster's metadata: a controller or a leader the
+        clients do not know yet would fail the first admin calls."""
+        super().start()
+        wait_until(self._registered, 60, "every broker in the cluster's metadata", step=0.5)
+
+    def _registered(self) -> bool:
+        """By librdkafka's admin client: kafka-python's describe_cluster fails at
+        api_version 2.8."""
         try:
-            admin.delete_topics([name])
-        finally:
-            admin.close()
+            metadata = ConfluentAdmin({"bootstrap.servers": self.address}).list_topics(timeout=5)
+        except KafkaException:
+            return False
+        return len(metadata.brokers) == len(self.members)
+
+    def broker(self, node_id: int) -> Kafka:
+        return self.members[node_id - 1]
+
+    def followers(self, topic: str) -> list[Kafka]:
+        """The brokers that do not lead a topic of one partition."""
+        leader = self.leader(topic)
+        return [member for i, member in enumerate(self.members) if i + 1 != leader]
+
+
+def _kafka_cluster_id() -> str:
+    """A base64 UUID, as Kafka's storage tool wants it; one that starts with "-" would be
+    read as an option."""
+    while (cluster_id := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")) \
+            .startswith("-"):
+        pass
+    return cluster_id
+
+
+class EtcdCluster(Cluster):
+    """Three etcd members; an agent is given all three endpoints."""
+
+    def __init__(self, data_dir: Path, size: int = 3) -> None:
+        ports = cluster_ports(size)
+        initial = ",".join(f"member-{i + 1}=http://127.0.0.1:{port + 1}"
+                           for i, port in enumerate(ports))
+        self.members = []
+        for i, port in enumerate(ports):
+            member = Etcd(data_dir / f"member-{i + 1}", port)
+            member.env = {"LOCAL_ETCD_NAME": f"member-{i + 1}", "LOCAL_ETCD_CLUSTER": initial}
+            self.members.append(member)
+
+    def start(self) -> None:
+        super().start()
+        wait_until(self._has_leader, 30, "an etcd leader", step=0.2)
+
+    def _has_leader(self) -> bool:
+        try:
+            with self.members[0].client() as client:
+                return bool(client.status().leader)
+        except (etcd3.exceptions.Etcd3Exception, grpc.RpcError):
+            return False
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [member.endpoint for member in self.members]
 
 
 @dataclass
@@ -515,7 +674,7 @@ class Agent:
         servers = kafka_service if isinstance(kafka_service, str) else kafka_service.address
         self.config = {
             "etcd": {"endpoints": endpoints, "keys": keys, "timeout": 2, "probe_interval": 1},
-            "kafka": {"bootstrap_servers": [servers]},
+            "kafka": {"bootstrap_servers": servers.split(",")},
             "allowed_paths": [str(workdir) + "/**"],
             "state_dir": str(workdir / "state"),
             "files": {"poll_interval": 0.5, "close_rotated_after": 1.0},
