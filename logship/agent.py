@@ -139,7 +139,7 @@ class Agent:
         owners = self._owners()
         kafka = self.sink.health
         condition = Condition(None if kafka.up else kafka.cause or "unavailable",
-                              self.sink.delivery, self.health())
+                              kafka.unreachable, self.sink.delivery, self.health())
         return document(self.identity, self.config.status, self.config.etcd.keys, condition,
                         self.workers.states(), owners)
 
@@ -153,7 +153,8 @@ class Agent:
         if not self.sink.health.up:
             return None
         return (self._declarations, self.workers.changes, tuple(self.config.etcd.keys),
-                self.watcher.changes, self.store.version, self.health())
+                self.watcher.changes, self.store.version, self.health(),
+                self.sink.health.unreachable)
 
     def health(self) -> str | None:
         """What is wrong, for /healthz; None when healthy."""
@@ -249,6 +250,7 @@ class Agent:
         Kafka into it, and tombstones the files it forgets."""
         self.metrics.in_flight_bytes.set_function(lambda: sink.budget.used)
         self.metrics.kafka_up.set_function(lambda: int(sink.health.up))
+        self.metrics.kafka_brokers_unreachable.set_function(lambda: len(sink.health.unreachable))
         self.store.on_forget = sink.forget
         sink.start(self.store, self.metrics)
         return sink

@@ -72,6 +72,10 @@ class Metrics:
         self.kafka_up = Gauge("logship_kafka_up",
                               "1 while Kafka takes and acknowledges lines, 0 during an outage.",
                               registry=r)
+        self.kafka_brokers_unreachable = Gauge(
+            "logship_kafka_brokers_unreachable",
+            "Brokers the Kafka client cannot reach while the others serve its lines.",
+            registry=r)
         self.kafka_errors = Counter("logship_kafka_errors",
                                     "Signs of a Kafka outage, by reason (no_ack, metadata, "
                                     "transport, resolve, timeout, all_brokers_down, queue_full).",

@@ -20,7 +20,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
-from logship.netprobe import TlsFiles, endpoint_failure
+from logship.netprobe import PROBE_TIMEOUT, TlsFiles, endpoint_failure
+from logship.supervisor import Service
 
 if TYPE_CHECKING:
     from logship.checkpoint import CheckpointStore, FileCheckpoint
@@ -34,6 +35,7 @@ Wake = Callable[[], None]
 OnError = Callable[[str], None]     # an outage reported, by reason; set before any client runs
 REPEAT_EVERY = 60.0
 STALL_AFTER = 10.0
+RECHECK_EVERY = 10.0            # seconds between looks at a broker found unreachable
 EXPLAIN_TIMEOUT = 5.0
 NOT_CREATED = ("the topic does not exist and Kafka did not create it when written to "
                "(auto.create.topics.enable=false?): create it")
@@ -154,7 +156,12 @@ class KafkaHealth:
     lasts, and its end is said with how long it took. Lines are held meanwhile; an outage
     is never a worker crash. The clients' own messages name neither the brokers nor the
     cause, so the cause is found by connecting to each broker (TCP, then TLS), and failing
-    that is the client's last connection error (a refused SASL login, for one)."""
+    that is the client's last connection error (a refused SASL login, for one).
+
+    One broker that cannot be reached is not an outage: its partitions move to the other
+    brokers, and the lines go on. It is said as a warning naming it, and again when it is
+    back. Kafka is unavailable only when lines cannot be delivered: every broker known is
+    unreachable, or no batch has been acknowledged for STALL_AFTER while one waits."""
 
     def __init__(self, brokers: tuple[str, ...], tls: TlsFiles | None, on_error: OnError) -> None:
         self.brokers = brokers
@@ -167,6 +174,10 @@ class KafkaHealth:
         self._said_at = 0.0
         self._acked_at = time.monotonic()
         self._lock = threading.Lock()
+        self._known = set(brokers)          # the bootstrap list and the brokers seen since
+        self._suspects: dict[str, str] = {}         # broker -> reason, to be connected to
+        self._unreachable: dict[str, float] = {}    # broker -> since when
+        self.rechecks_due = threading.Event()
 
     def unavailable(self, reason: str, cause: str | None = None) -> None:
         """Kafka refused or did not acknowledge. Cheap when said recently: every worker
@@ -187,12 +198,13 @@ class KafkaHealth:
             log.warning("Kafka still unavailable after %.0fs (%s): %s; holding lines",
                         now - since, ",".join(self.brokers), cause)
 
-    def stalled(self, oldest_sent_at: float) -> None:
-        """A worker's oldest batch is still unacknowledged. Kafka has stopped acknowledging
-        when that batch is old and no batch of any worker was acknowledged meanwhile."""
+    def stalled(self, oldest_sent_at: float, reason: str = "no_ack") -> None:
+        """A worker's oldest batch (or a topic's metadata) has been waited for since
+        `oldest_sent_at`. Kafka has stopped acknowledging when that is long ago and no
+        batch of any worker was acknowledged meanwhile."""
         now = time.monotonic()
         if now - oldest_sent_at > STALL_AFTER and now - self._acked_at > STALL_AFTER:
-            self.unavailable("no_ack")
+            self.unavailable(reason)
 
     def available(self) -> None:
         """Called per acknowledged batch: cheap unless Kafka was down."""
@@ -208,6 +220,31 @@ class KafkaHealth:
             log.info("Kafka available again after %.0fs (%s)", time.monotonic() - since,
                      ",".join(self.brokers))
 
+    def broker_failed(self, broker: str, reason: str) -> None:
+        """The client lost, or could not make, its connection to one broker (host:port).
+        A suspect only: the rechecks connect to it at once, and a broker that answers
+        them was merely disconnected (idle, or restarting fast)."""
+        with self._lock:
+            self._known.add(broker)
+            if broker not in self._unreachable:
+                self._suspects[broker] = reason
+        self.rechecks_due.set()
+
+    def broker_seen(self, broker: str, up: bool) -> None:
+        """A broker of the cluster, from the client's metadata; `up`: connected."""
+        with self._lock:
+            self._known.add(broker)
+        if up:
+            self._back(broker)
+
+    @property
+    def unreachable(self) -> tuple[str, ...]:
+        """The brokers the client cannot reach now, for the status and the metrics."""
+        return tuple(sorted(self._unreachable))
+
+    @property
+    def checking(self) -> bool:
+        return bool(self._suspects or self._unreachable)
 
     def probe(self) -> str:
         """Why Kafka cannot be reached, broker by broker."""
@@ -217,6 +254,66 @@ class KafkaHealth:
         host, _, port = broker.rpartition(":")
         return endpoint_failure(host, int(port), self.tls) or self.connection_error \
             or "accepts connections but does not acknowledge"
+
+    def recheck(self) -> None:
+        """Connect to each suspect and unreachable broker: one that does not answer is
+        unreachable (an outage when every broker known is), one that answers is back."""
+        with self._lock:
+            brokers = sorted({*self._suspects, *self._unreachable})
+        for broker in brokers:
+            host, _, port = broker.rpartition(":")
+            failure = endpoint_failure(host, int(port), self.tls)
+            if failure is None:
+                self._back(broker)
+            else:
+                self._lost(broker, failure)
+
+    def _back(self, broker: str) -> None:
+        with self._lock:
+            self._suspects.pop(broker, None)
+            since = self._unreachable.pop(broker, None)
+        if since is not None and self.up:       # else "Kafka available again" says it
+            log.info("Kafka broker %s reachable again after %.0fs", broker,
+                     time.monotonic() - since)
+
+    def _lost(self, broker: str, failure: str) -> None:
+        with self._lock:
+            reason = self._suspects.pop(broker, None)
+            if reason is None:
+                return                              # said when it was first found
+            self._unreachable[broker] = time.monotonic()
+            everyone = self._known <= self._unreachable.keys()
+        if everyone:
+            self.unavailable(reason)
+            return
+        self.on_error(reason)
+        log.warning("Kafka broker %s unreachable: %s; its partitions move to the other "
+                    "brokers, lines go on", broker, failure)
+
+
+class BrokerRechecks(Service):
+    """Connects to a suspect broker at once, and to an unreachable one every
+    RECHECK_EVERY: a client that no longer needs a broker (its partitions moved to the
+    others) never connects to it again, and would never say that it is back. Asleep
+    while every broker answers. Owned by the sink, stopped when it closes."""
+
+    def __init__(self, health: KafkaHealth) -> None:
+        super().__init__(name="kafka-brokers")
+        self._health = health
+
+    def serve(self) -> None:
+        health = self._health
+        while not self.stopping.is_set():
+            health.rechecks_due.wait(RECHECK_EVERY if health.checking else None)
+            health.rechecks_due.clear()
+            if not self.stopping.is_set():
+                health.recheck()
+
+    def stop(self) -> None:
+        super().stop()
+        self._health.rechecks_due.set()
+        if self.ident is not None:
+            self.join(PROBE_TIMEOUT * 3)
 
 
 class Sink(ABC):
@@ -247,6 +344,17 @@ class Sink(ABC):
         self.health = KafkaHealth(config.bootstrap_servers, tls, on_error)
         self.host = host
         self._client_lock = threading.Lock()
+        self._no_metadata: dict[str, float] = {}    # topic -> when its metadata was first missed
+        self._rechecks = BrokerRechecks(self.health)
+
+    def metadata_missing(self, topic: str, reason: str) -> None:
+        """Kafka gave no metadata for the topic (no leader: a broker's partitions moving,
+        or Kafka down). An outage only once it lasts as long as an unacknowledged batch
+        would, and nothing else was acknowledged meanwhile."""
+        self.health.stalled(self._no_metadata.setdefault(topic, time.monotonic()), reason)
+
+    def metadata_found(self, topic: str) -> None:
+        self._no_metadata.pop(topic, None)
 
     def cost(self, lines: Sequence[bytes]) -> int:
         """The memory lines cost from their read to their acknowledgement."""
@@ -273,6 +381,7 @@ class Sink(ABC):
 
     def start(self, store: CheckpointStore, metrics: Metrics) -> None:
         """Called once the agent adopts the sink, before any worker uses it."""
+        self._rechecks.start()
 
     def wait_ready(self, stopping: threading.Event) -> bool:
         """Block until workers may read their offsets from the store (exactly-once: once
@@ -400,9 +509,20 @@ def positions_not_created(topic: str, why: str) -> str:
             f"cleanup.policy=compact")
 
 
-def positions_unreadable(topic: str, why: str) -> str:
-    return (f"kafka.offsets_topic {topic}: cannot be read ({why}): the agent's principal needs "
-            f"Read and Write on the topic")
+class PositionsPending(TransactionFailed):
+    """The offsets topic exists but Kafka does not serve it yet: just created, its
+    metadata not yet on every broker, or its partitions' leaders moving. Waited for."""
+
+
+def positions_unreadable(topic: str, why: str, refused: bool = False,
+                         pending: bool = False) -> TransactionFailed:
+    """What keeps the positions from being read, named as Kafka names it: a missing
+    right only when Kafka refused one."""
+    if pending:
+        return PositionsPending(f"kafka.offsets_topic {topic}: not yet served by every broker "
+                                f"({why}): Kafka has just created it or is moving its leaders")
+    hint = ": the agent's principal needs Read and Write on the topic" if refused else ""
+    return TransactionFailed(f"kafka.offsets_topic {topic}: cannot be read ({why}){hint}")
 
 
 def line_failures(failed: list[tuple[int, BaseException]],

@@ -11,6 +11,7 @@ record being acknowledged does not prove the ones before it were.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -61,6 +62,7 @@ MANAGED = {
     "delivery.timeout.ms": "nothing: lines are held until Kafka takes them",
     "on_delivery": "nothing: logship tracks deliveries itself",
     "error_cb": "nothing: logship reports errors itself",
+    "stats_cb": "nothing: logship reads librdkafka's statistics itself",
     "transactional.id": "kafka.delivery: exactly-once (the id is logship-<agent.name>)",
 }
 # topic.metadata.propagation.max.ms: records to a topic Kafka does not create fail after
@@ -79,8 +81,8 @@ TOPIC_ASK_AGAIN = 0.05
 TRANSACTION_DEFAULTS = {"retry.backoff.ms": 20}
 TOPIC_ERRORS = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
                 KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.TOPIC_EXCEPTION)
-UNAVAILABLE = {KafkaError._ALL_BROKERS_DOWN: "all_brokers_down", KafkaError._TRANSPORT: "transport",
-               KafkaError._RESOLVE: "resolve", KafkaError._TIMED_OUT: "timeout"}
+BROKER_FAILURES = {KafkaError._TRANSPORT: "transport", KafkaError._RESOLVE: "resolve",
+                   KafkaError._TIMED_OUT: "timeout"}
 REFUSED = {KafkaError._AUTHENTICATION: "authentication", KafkaError._SSL: "tls"}
 FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
           KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
@@ -95,6 +97,12 @@ ANY_PARTITION = -1
 POLL_TIMEOUT = 0.5
 IDLE_POLL_INTERVAL = 2.0
 BROKER_PREFIX = re.compile(r"^\w+://[^/ ]+/\S+: | \(after \d+ms in state \w+\)$")
+BROKER_ERROR = re.compile(r"^(?:\w+://)?(?P<broker>[^/ ]+)/\w+: ")
+"""librdkafka's words for one broker's failure: '127.0.0.1:9093/2: Connect to
+ipv4#127.0.0.1:9093 failed: Connection refused (after 0ms in state CONNECT)', or
+'127.0.0.1:9093/2: Disconnected (after 3015ms in state UP)'."""
+BROKER_STATS_EVERY = 10.0
+"""Seconds between librdkafka's statistics: the brokers of the cluster, and which are up."""
 
 
 def _settings(config: KafkaConfig, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -256,7 +264,8 @@ class ConfluentSink(Sink):
         self._lock = threading.Lock()
         self._isolation: Producer | None = None
         self._fatal: KafkaError | None = None
-        self._own: dict[str, Any] = {"error_cb": self._on_error}
+        self._own: dict[str, Any] = {"error_cb": self._on_error, "stats_cb": self._on_stats,
+                                     "statistics.interval.ms": int(BROKER_STATS_EVERY * 1000)}
         if transactional_id:
             # a fenced producer is said once, by the transaction loop: librdkafka's own
             # critical lines would say it twice more
@@ -264,13 +273,15 @@ class ConfluentSink(Sink):
         self.producer = self._new_producer(self._own)
         self._poller = _Poller(self)
         self._topics: set[str] = set()              # that Kafka has shown to exist
+        self._disconnects: dict[str, int] = {}      # stats entry -> its disconnects then
+        self._listed = set(config.bootstrap_servers)    # brokers in the last statistics
         self._missing: dict[str, float] = {}        # topic -> when Kafka first lacked it
-        self._unanswered: dict[str, float] = {}     # topic -> when first asked in vain
         self._asking = threading.Lock()
 
     def start(self, store: CheckpointStore, metrics: Metrics) -> None:
         """The poller serves librdkafka's reports and errors from here on: an error of
         the first connection is said once the agent's /metrics can count it."""
+        super().start(store, metrics)
         self._poller.start()
 
     def _new_producer(self, overrides: dict[str, Any]) -> Producer:
@@ -282,10 +293,17 @@ class ConfluentSink(Sink):
     def _on_error(self, error: KafkaError) -> None:
         """On the poller thread. librdkafka's words for an outage vary with the moment it
         is noticed ("1/1 brokers are down"), so the cause comes from probing the brokers,
-        as on the other client; a refused login or handshake is that probe's fallback."""
+        as on the other client; a refused login or handshake is that probe's fallback.
+        One broker's failure is that broker's, unless it names none."""
         code = error.code()
-        if code in UNAVAILABLE:
-            self.health.unavailable(UNAVAILABLE[code])
+        if code == KafkaError._ALL_BROKERS_DOWN:
+            self.health.unavailable("all_brokers_down")
+        elif code in BROKER_FAILURES:
+            failure = BROKER_ERROR.match(error.str())
+            if failure is None:
+                self.health.unavailable(BROKER_FAILURES[code])
+            else:
+                self.health.broker_failed(failure["broker"], BROKER_FAILURES[code])
         elif code in REFUSED:
             self.health.connection_error = BROKER_PREFIX.sub("", error.str())
             self.health.unavailable(REFUSED[code])
@@ -293,6 +311,24 @@ class ConfluentSink(Sink):
             self.on_fatal(error)
         else:
             log.warning("Kafka: %s", error.str())
+
+    def _on_stats(self, stats: str) -> None:
+        """On the poller thread, every BROKER_STATS_EVERY: the cluster's brokers and which
+        are up. librdkafka says nothing of a broker that closed its connections (a
+        stopped one): a broker whose disconnects grew is a suspect, and so is one that
+        left its list since the last statistics (the bootstrap list, the first time). One
+        merely idle answers the rechecks."""
+        listed = set()
+        for entry in json.loads(stats).get("brokers", {}).values():
+            broker, disconnects = entry["nodename"], entry.get("disconnects", 0)
+            listed.add(broker)
+            self.health.broker_seen(broker, up=entry.get("state") == "UP")
+            if disconnects > self._disconnects.get(entry["name"], 0):
+                self.health.broker_failed(broker, "transport")
+            self._disconnects[entry["name"]] = disconnects
+        for broker in self._listed - listed:
+            self.health.broker_failed(broker, "transport")
+        self._listed = listed
 
     def on_fatal(self, error: KafkaError) -> None:
         """An idempotent producer that hit a fatal error (the broker refused it the right
@@ -355,9 +391,9 @@ class ConfluentSink(Sink):
             except KafkaException as exc:
                 # An outage's cause reaches the error callback; a Kafka that says nothing
                 # is said once the topic has gone unanswered as long as a batch would.
-                self.health.stalled(self._unanswered.setdefault(topic, time.monotonic()))
+                self.metadata_missing(topic, "no_ack")
                 return Sent(0, unavailable=f"no metadata for topic {topic}: {_describe(exc)}")
-            self._unanswered.pop(topic, None)
+            self.metadata_found(topic)
             error = described.error
             if error is None and described.partitions:
                 self._topics.add(topic)
@@ -472,6 +508,7 @@ class ConfluentSink(Sink):
 
     def close(self, timeout: float) -> None:
         """The poller stops first, so that flush() is then the only caller of poll()."""
+        self._rechecks.stop()
         self._poller.stop()
         if self._poller.ident is not None:
             self._poller.join(POLL_TIMEOUT * 2)
@@ -555,10 +592,10 @@ class ConfluentTransactions(Transactions):
                             from None
                 metadata = admin.list_topics(topic, timeout=timeout)
         except KafkaException as exc:
-            raise TransactionFailed(positions_unreadable(topic, _describe(exc))) from None
+            raise _unreadable(topic, exc.args[0]) from None
         described = metadata.topics[topic]
         if described.error is not None:
-            raise TransactionFailed(positions_unreadable(topic, described.error.str()))
+            raise _unreadable(topic, described.error)
         return len(described.partitions)
 
     def read_positions(self, topic: str, partition: int,
@@ -572,8 +609,7 @@ class ConfluentTransactions(Transactions):
             consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
             while True:
                 if time.monotonic() > deadline:
-                    raise TransactionFailed(positions_unreadable(
-                        topic, f"not read to its end within {timeout:g}s"))
+                    raise positions_unreadable(topic, f"not read to its end within {timeout:g}s")
                 for message in consumer.consume(1000, 0.2):
                     error = message.error()
                     if error is None:
@@ -584,9 +620,23 @@ class ConfluentTransactions(Transactions):
                         continue    # librdkafka looks up the coordinator of the group.id
                                     # it requires; an assign()-only reader never uses it
                     else:
-                        raise TransactionFailed(positions_unreadable(topic, error.str()))
+                        raise _unreadable(topic, error)
         finally:
             consumer.close()
+
+
+NOT_SERVED_YET = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
+                  KafkaError._UNKNOWN_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                  KafkaError.NOT_LEADER_FOR_PARTITION)
+
+
+def _unreadable(topic: str, error: KafkaError) -> TransactionFailed:
+    """A right Kafka refused, or a topic it does not serve yet (just created, a leader
+    moving), or another error."""
+    code = error.code()
+    return positions_unreadable(topic, error.str(),
+                                refused=code == KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                                pending=code in NOT_SERVED_YET or error.retriable())
 
 
 def open_sink(config: KafkaConfig, host: bytes, on_error: OnError,

@@ -28,10 +28,10 @@ from kafka.producer.transaction_manager import TransactionManager
 
 from logship.errors import ConfigError, SinkError
 from logship.sink import (BROKER_DEFAULT, EXPLAIN_TIMEOUT, NOT_AUTHORIZED, NOT_CREATED,
-                          POSITIONS_CONFIGS, POSITIONS_PARTITIONS, Envelope, Job, OnError,
-                          Resent, Sent, Sink, TransactionFailed, Transactions, line_failures,
-                          managed_security, positions_not_created, positions_unreadable,
-                          security_settings)
+                          POSITIONS_CONFIGS, POSITIONS_PARTITIONS, Envelope, Job, KafkaHealth,
+                          OnError, Resent, Sent, Sink, TransactionFailed, Transactions,
+                          line_failures, managed_security, positions_not_created,
+                          positions_unreadable, security_settings)
 
 if TYPE_CHECKING:
     from logship.config import KafkaConfig
@@ -71,23 +71,39 @@ TOPIC_ERRORS = (UnknownTopicOrPartitionError, TopicAuthorizationFailedError, Inv
 FENCED = (ProducerFencedError, InvalidProducerEpochError, TransactionalIdAuthorizationFailedError)
 
 
+CONNECTING = "Initializing connection for node_id %s at %s:%s (rack=%s)"
+CONNECTED = "%s: Connected"
+LOST = "%s: Connection lost: %s"
+"""kafka-python 3.0's log records of a broker connection (kafka.net), its only word on
+which broker it reaches and which it lost."""
+
+
 class ConnectionErrors(logging.Handler):
     """kafka-python says why a broker refused a connection (a SASL login, a TLS
     handshake) only in its log, which the agent silences: its "Abort", "Connection lost"
     and "Connection failed" lines carry the error last. A refusal is kept as the cause of
     an outage; a bare disconnect only until a refusal is known, since kafka-python often
     drops the broker's answer to a failed SASL login and reports "socket disconnected".
-    Attached while a sink or a `check --connect` needs it."""
+    With `health`, a connection to a broker lost or made is reported there, by the
+    broker's address. Attached while a sink or a `check --connect` needs it."""
 
-    def __init__(self, sasl: bool, on_error: Callable[[str], None] | None = None) -> None:
-        super().__init__(logging.WARNING)
+    def __init__(self, sasl: bool, on_error: Callable[[str], None] | None = None,
+                 health: KafkaHealth | None = None) -> None:
+        super().__init__(logging.INFO)
         self.last: str | None = None
         self._refused = False
         self._sasl = sasl
         self._on_error = on_error
+        self._health = health
+        self._addresses: dict[Any, str] = {}        # node id -> host:port
 
     def emit(self, record: logging.LogRecord) -> None:
-        error = record.args[-1] if isinstance(record.args, tuple) and record.args else None
+        args = record.args if isinstance(record.args, tuple) else ()
+        if self._health is not None and args:
+            self._follow_broker(record.msg, args)
+        if record.levelno < logging.WARNING:
+            return
+        error = args[-1] if args else None
         if isinstance(error, REFUSALS):
             self._refused = True
             self._keep(str(error))
@@ -96,13 +112,25 @@ class ConnectionErrors(logging.Handler):
                        f"kafka-python does not say why: a refused SASL login is the usual "
                        f"cause, check kafka.sasl_username and its password")
 
+    def _follow_broker(self, message: str, args: tuple) -> None:
+        if message == CONNECTING:
+            self._addresses[args[0]] = f"{args[1]}:{args[2]}"
+            return
+        address = self._addresses.get(getattr(args[0], "node_id", None))
+        if address is None:
+            return
+        if message == CONNECTED:
+            self._health.broker_seen(address, up=True)
+        elif message == LOST:
+            self._health.broker_failed(address, "transport")
+
     def _keep(self, cause: str) -> None:
         self.last = cause
         if self._on_error is not None:
             self._on_error(cause)
 
     def attach(self) -> "ConnectionErrors":
-        CONNECTIONS_LOG.setLevel(logging.WARNING)
+        CONNECTIONS_LOG.setLevel(logging.INFO)
         CONNECTIONS_LOG.propagate = False
         CONNECTIONS_LOG.addHandler(self)
         return self
@@ -248,7 +276,8 @@ class KafkaPythonSink(Sink):
         self._lock = threading.Lock()
         self._transactional = {"transactional_id": transactional_id} if transactional_id else {}
         # before the producer, which connects at once
-        self._connection_errors = ConnectionErrors(_sasl(config), self._on_connection_error).attach()
+        self._connection_errors = ConnectionErrors(_sasl(config), self._on_connection_error,
+                                                   self.health).attach()
         try:
             self._producer = self._new_producer(**self._transactional)
         except ConfigError:
@@ -288,6 +317,7 @@ class KafkaPythonSink(Sink):
         what Kafka refuses."""
         try:
             self._producer.partitions_for(topic)
+            self.metadata_found(topic)
             return None
         except TopicAuthorizationFailedError:
             return Sent(self._generation, refused=NOT_AUTHORIZED)
@@ -299,7 +329,7 @@ class KafkaPythonSink(Sink):
         if sent.refused:
             sent.unavailable = None
         else:
-            self.health.unavailable("metadata")
+            self.metadata_missing(topic, "metadata")
         return sent
 
     def _produce_job(self, job: Job) -> Sent:
@@ -312,7 +342,7 @@ class KafkaPythonSink(Sink):
             futures[-1].add_both(lambda _: wake())
             sent.delivery = FutureDelivery(futures, sent.skipped)
         if sent.unavailable:
-            self.health.unavailable("metadata")
+            self.metadata_missing(job.topic, "metadata")
         return sent
 
     def _produce(self, producer: KafkaProducer, sent: Sent, topic: str, envelope: Envelope,
@@ -399,6 +429,7 @@ class KafkaPythonSink(Sink):
         return resent
 
     def close(self, timeout: float) -> None:
+        self._rechecks.stop()
         self._connection_errors.detach()
         for producer in (self._producer, self._isolation):
             if producer is None:
@@ -525,9 +556,9 @@ class KafkaPythonTransactions(Transactions):
         finally:
             if admin is not None:
                 admin.close()
-        if described.get("error_code"):
-            raise TransactionFailed(positions_unreadable(
-                topic, for_code(described["error_code"]).__name__))
+        code = described.get("error_code")
+        if code:
+            raise _unreadable(topic, for_code(code)())
         return len(described["partitions"])
 
     def read_positions(self, topic: str, partition: int,
@@ -543,16 +574,23 @@ class KafkaPythonTransactions(Transactions):
             deadline = time.monotonic() + timeout
             while consumer.position(where) < end:
                 if time.monotonic() > deadline:
-                    raise TransactionFailed(positions_unreadable(
-                        topic, f"not read to its end (offset {end}) within {timeout:g}s"))
+                    raise positions_unreadable(
+                        topic, f"not read to its end (offset {end}) within {timeout:g}s")
                 for batch in consumer.poll(timeout_ms=200).values():
                     records.extend((record.key, record.value) for record in batch)
         except KafkaError as exc:
-            raise TransactionFailed(positions_unreadable(topic, str(exc))) from None
+            raise _unreadable(topic, exc) from None
         finally:
             if consumer is not None:
                 consumer.close()
         return records
+
+
+def _unreadable(topic: str, error: KafkaError) -> TransactionFailed:
+    """A right Kafka refused, or a topic it does not serve yet (retriable: just created,
+    a leader moving), or another error."""
+    return positions_unreadable(topic, str(error), refused=isinstance(error, AuthorizationError),
+                                pending=error.retriable)
 
 
 def open_sink(config: KafkaConfig, host: bytes, on_error: OnError,

@@ -28,6 +28,7 @@ from typing import Any, Callable, Hashable, Iterable
 from logship import __version__
 from logship.config import StatusConfig
 from logship.errors import EtcdUnavailable, LogshipError
+from logship.logs import plural
 from logship.etcd_source import (ETCD_ERRORS, EtcdSession, EtcdSource, describe,
                                   reconnect_backoff)
 from logship.spec import Target
@@ -65,10 +66,12 @@ class Identity:
 
 @dataclass(frozen=True)
 class Condition:
-    """What the agent as a whole is in: Kafka's state (None: up, else why not), its
-    delivery mode, and its health (None: healthy, else what /healthz says)."""
+    """What the agent as a whole is in: Kafka's state (None: up, else why not), the
+    brokers it cannot reach while others serve, its delivery mode, and its health (None:
+    healthy, else what /healthz says)."""
 
     kafka_down: str | None
+    brokers_unreachable: tuple[str, ...]
     delivery: str
     health: str | None
 
@@ -89,6 +92,8 @@ def document(identity: Identity, config: StatusConfig, keys: Iterable[str],
         "keys": list(keys),
         "kafka": "ok" if condition.kafka_down is None else "unavailable",
         **({} if condition.kafka_down is None else {"kafka_cause": condition.kafka_down}),
+        **({"kafka_brokers_unreachable": list(condition.brokers_unreachable)}
+           if condition.brokers_unreachable else {}),
         "delivery": condition.delivery,
         "health": condition.health or "ok",
         "interval": config.interval,
@@ -391,6 +396,15 @@ def lag_of(doc: Document) -> int:
                                                  if isinstance(f, dict))
 
 
+def kafka_state(doc: Document) -> str:
+    """`ok`, `unavailable`, or `ok` with the brokers it cannot reach while others serve."""
+    unreachable = doc.get("kafka_brokers_unreachable")
+    state = str(doc.get("kafka", "?"))
+    if state == "ok" and isinstance(unreachable, list) and unreachable:
+        return f"ok, {plural(len(unreachable), 'broker', 'brokers')} unreachable"
+    return state
+
+
 def files_total(doc: Document) -> int:
     total = doc.get("files_total")
     return total if isinstance(total, int) else len(doc["files"])
@@ -416,8 +430,8 @@ class Table:
     def add(self, doc: Document) -> None:
         name = str(doc.get("name", "?"))
         self.agents.append((name, str(doc.get("host", "?")), _ago(doc.get("updated"), self.now),
-                            str(files_total(doc)), human_bytes(lag_of(doc)),
-                            str(doc.get("kafka", "?")), str(doc.get("delivery", "?"))))
+                            str(files_total(doc)), human_bytes(lag_of(doc)), kafka_state(doc),
+                            str(doc.get("delivery", "?"))))
         files: Rows = [("PATH", "TOPIC", "STATE", "LAG", "LAST ERROR")]
         files += [(str(f.get("path", "?")), str(f.get("topic", "?")), str(f.get("state", "?")),
                    human_bytes(_int(f.get("lag_bytes"))), str(f.get("last_error") or ""))

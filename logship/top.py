@@ -130,9 +130,11 @@ def _file_row(entry: dict[str, Any]) -> FileRow:
 
 
 def _state(doc: Document) -> str:
-    """Shipping, or held and why."""
+    """Shipping (and which brokers it cannot reach meanwhile), or held and why."""
     if doc.get("kafka") == "ok":
-        return "shipping"
+        unreachable = doc.get("kafka_brokers_unreachable")
+        return f"shipping, {' '.join(map(str, unreachable))} unreachable" \
+            if isinstance(unreachable, list) and unreachable else "shipping"
     return f"held: {doc.get('kafka_cause') or 'Kafka unavailable'}"
 
 

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from logship.checkpoint import FileCheckpoint
 from logship.errors import SinkError
-from logship.sink import (REPEAT_EVERY, Delivery, Envelope, Job, Resent, Sent, Sink,
-                          TransactionFailed, Transactions, Wake)
+from logship.sink import (REPEAT_EVERY, Delivery, Envelope, Job, PositionsPending, Resent,
+                          Sent, Sink, TransactionFailed, Transactions, Wake)
 from logship.logs import plural
 from logship.supervisor import Backoff, Service
 
@@ -365,12 +365,18 @@ class TransactionalSink(Sink):
         return self._ready.is_set()
 
     def not_ready(self, error: BaseException, delay: float) -> None:
-        """Said once per cause, and again every minute while it lasts."""
+        """Said once per cause, and again every minute while it lasts; a topic Kafka does
+        not serve yet is waited for, not an error."""
         cause, now = str(error), time.monotonic()
         if getattr(error, "fatal", False):
             self._renew()
-        if cause != self._said[0] or now - self._said[1] >= REPEAT_EVERY:
-            self._said = (cause, now)
+        if cause == self._said[0] and now - self._said[1] < REPEAT_EVERY:
+            return
+        self._said = (cause, now)
+        if isinstance(error, PositionsPending):
+            log.warning("exactly-once: waiting for the positions in Kafka: %s; asking again "
+                        "in %.1fs", cause, delay)
+        else:
             log.error("exactly-once: cannot resume from the positions in Kafka: %s; "
                       "retrying, the first time in %.1fs", cause, delay)
 

@@ -1,22 +1,27 @@
 """Pure logic of the sinks: partitioning, settings under each client's names, how a client's
 error is read."""
 
+import logging
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from kafka.errors import KafkaError
+from confluent_kafka import KafkaError as ConfluentError
+from kafka.errors import KafkaError, for_code
 from kafka.partitioner.default import DefaultPartitioner
 from kafka.producer.transaction_manager import (ProducerIdAndEpoch, TransactionManager,
                                                 TransactionState)
 from kafka.structs import TopicPartition
 
 from logship.config import parse_config
-from logship.sink import security_settings
+from logship.sink import KafkaHealth, PositionsPending, security_settings
 from logship import sink_confluent
 from logship.sink_confluent import SECURITY as CONFLUENT, _Poller, _serve_last_reports, _settings
+from logship.sink_confluent import _unreadable as confluent_unreadable
 from logship.sink_kafka_python import (SECURITY as KAFKA_PYTHON, KafkaPythonTransactions,
                                       KeyCachingPartitioner, PartitionsInTransaction)
+from logship.sink_kafka_python import _unreadable as kafka_python_unreadable
 
 from harness import wait_until
 
@@ -217,3 +222,61 @@ def test_confluent_explains_a_topic_kafka_lacks_longer_than_metadata_takes_to_sp
     sink._missing["t"] -= sink_confluent.TOPIC_PROPAGATION
     assert sink.prepare("t").refused == "t: UNKNOWN_TOPIC_OR_PART explained"
     assert "not in Kafka's metadata yet" in sink.prepare("t").unavailable  # its time again
+
+
+class Listening:
+    """A port that accepts connections, as a broker that is back."""
+
+    def __init__(self) -> None:
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.socket.getsockname()[1]}"
+
+
+def closed_port() -> str:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        return f"127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_one_broker_lost_is_a_warning_and_its_return_is_said(caplog):
+    caplog.set_level(logging.INFO, logger="logship.sink")
+    up, down = Listening(), closed_port()
+    errors: list[str] = []
+    health = KafkaHealth((up.address, down), None, errors.append)
+    health.broker_failed(down, "transport")
+    health.broker_failed(up.address, "transport")        # disconnected, but answers
+    assert health.rechecks_due.is_set()
+    health.recheck()
+    assert health.up and health.unreachable == (down,) and errors == ["transport"]
+    assert f"Kafka broker {down} unreachable: connection refused" in caplog.text
+    health.broker_failed(down, "transport")
+    health.recheck()
+    assert errors == ["transport"], "said once while it lasts"
+    health.broker_seen(down, up=True)
+    assert health.unreachable == () and f"Kafka broker {down} reachable again" in caplog.text
+    assert "Kafka unavailable" not in caplog.text
+    up.socket.close()
+
+
+def test_every_broker_known_lost_is_an_outage(caplog):
+    first, second = closed_port(), closed_port()
+    health = KafkaHealth((first,), None, lambda reason: None)
+    health.broker_seen(second, up=True)
+    for broker in (first, second):
+        health.broker_failed(broker, "transport")
+    health.recheck()
+    assert not health.up and set(health.unreachable) == {first, second}
+    assert f"Kafka unavailable ({first}): {first}: connection refused" in caplog.text
+
+
+def test_a_positions_topic_not_served_yet_is_waited_for_and_a_missing_right_named_only_if_refused():
+    for unreadable, unknown, refused, other in (
+            (kafka_python_unreadable, for_code(3)(), for_code(29)(), for_code(35)()),
+            (confluent_unreadable, ConfluentError(ConfluentError.UNKNOWN_TOPIC_OR_PART),
+             ConfluentError(ConfluentError.TOPIC_AUTHORIZATION_FAILED),
+             ConfluentError(ConfluentError.UNSUPPORTED_VERSION))):
+        pending = unreadable("logship-offsets", unknown)
+        assert isinstance(pending, PositionsPending) and "not yet served" in str(pending)
+        assert str(unreadable("logship-offsets", refused)).endswith(
+            "the agent's principal needs Read and Write on the topic")
+        failed = unreadable("logship-offsets", other)
+        assert not isinstance(failed, PositionsPending) and "principal" not in str(failed)

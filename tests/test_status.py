@@ -84,8 +84,8 @@ class Agent:
     def report(self) -> dict:
         children = [ChildState(Target(path, "t"), None if path in self.errors else worker,
                                self.errors.get(path)) for path, worker in self.workers.items()]
-        return document(IDENTITY, CONFIG, ["k"], Condition(self.kafka_down, "at-least-once", None),
-                        children, {})
+        condition = Condition(self.kafka_down, (), "at-least-once", None)
+        return document(IDENTITY, CONFIG, ["k"], condition, children, {})
 
 
 def due(schedule: Schedule, agent: Agent, now: float, fingerprint=None) -> dict | None:
