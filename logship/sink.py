@@ -356,10 +356,6 @@ class Sink(ABC):
     def metadata_found(self, topic: str) -> None:
         self._no_metadata.pop(topic, None)
 
-    def cost(self, lines: Sequence[bytes]) -> int:
-        """The memory lines cost from their read to their acknowledgement."""
-        return sum(map(len, lines)) + self.record_cost * len(lines)
-
     def envelope(self, target: Target) -> Envelope:
         """The record key and headers of a target's records, made once per worker."""
         options = target.options

@@ -1,10 +1,10 @@
 """One thread per (path, topic): read lines, send them, move the offset on acknowledgement.
 
-The in-flight deque is touched by this thread only. Kafka's callbacks do nothing but
-wake the thread; it then pops the batches whose records are all done, in send order,
-so an offset never skips a line that is not acknowledged. A record Kafka finally
-fails makes the worker fail: its supervisor restarts it from the last acknowledged
-offset (duplicates possible, loss not).
+The books of what is in flight are the worker's Ledger, touched by this thread only.
+Kafka's callbacks do nothing but wake the thread; it then takes the batches whose
+records are all done, in send order, so an offset never skips a line that is not
+acknowledged. A record Kafka finally fails makes the worker fail: its supervisor
+restarts it from the last acknowledged offset (duplicates possible, loss not).
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from logship.checkpoint import CheckpointStore, FileCheckpoint
 from logship.config import FilesConfig
 from logship.errors import SinkError, TopicRefused
 from logship.fswatch import MISSING, DirWatcher, Subscription
+from logship.ledger import Bounds, InFlight, Ledger
 from logship.logs import plural
 from logship.metrics import Metrics
 from logship.processors import Processed, Processor
@@ -39,32 +39,6 @@ TYPICAL_LINE = 100      # bytes: what a read reserves is a chunk of lines this l
 
 RESEND_TIMEOUT = 30.0
 SAVE_WAIT = 5.0
-
-
-@dataclass
-class InFlight:
-    """One sent batch, acknowledged when its delivery is done. Its lines stay
-    referenced for the rare resend of records the broker refused."""
-
-    file: FollowedFile
-    end_offset: int
-    lines: list[bytes]
-    offsets: list[int]
-    sent: Sent
-    sent_at: float
-    cost: int                         # memory, against the in-flight bounds
-    nbytes: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.nbytes = sum(map(len, self.lines))
-
-    def done(self) -> bool:
-        delivery = self.sent.delivery
-        return delivery is None or delivery.done()
-
-    def settled_by_broker(self) -> bool:
-        delivery = self.sent.delivery
-        return delivery is None or delivery.handed_off()
 
 
 @dataclass(frozen=True)
@@ -95,18 +69,12 @@ class Worker(Service):
         self._envelope = sink.envelope(target)
         self._processor = self._new_processor()
         self._wake = threading.Event()
-        self._pending: deque[InFlight] = deque()
+        self._ledger: Ledger[FollowedFile] = Ledger(
+            sink.budget, sink.record_cost, Bounds(files.max_in_flight_lines,
+                                                  files.max_in_flight_bytes))
         self._queued: Chunk | None = None
         self._queued_at = 0
         self._outage: Backoff | None = None
-        self._pending_lines = 0
-        self._pending_bytes = 0     # the cost of the batches in flight
-        # The leading batches in flight that only await their commit (exactly-once), and
-        # their lines: the client's share of their cost has been given back.
-        self._handed_off = 0
-        self._handed_off_lines = 0
-        self._queued_cost = 0       # the cost of the queued chunk's lines not yet sent
-        self._reserved = 0          # budget reserved for the next read
         self._tailer: Tailer | None = None
         self._epoch = 0
         self.records_sent = 0
@@ -147,7 +115,7 @@ class Worker(Service):
             self._drain()
         finally:
             self._watcher.unsubscribe(subscription)
-            self._sink.budget.give(self._pending_bytes + self._queued_cost + self._reserved)
+            self._ledger.close()
             tailer.close()
             log.info("worker stopped %s", self.target)
 
@@ -189,11 +157,12 @@ class Worker(Service):
                 continue
             self._collect()
             self._stalled()
-            if self._queued is not None and not self._file_full():
+            full = self._ledger.full()
+            if self._queued is not None and not full:
                 tailer.watch_name(time.monotonic())
                 self._send_batch()
-            elif self._queued is not None or self._file_full() or not self._reserve():
-                if self._held_by_commit():
+            elif self._queued is not None or full or not self._reserve():
+                if self._ledger.held_by_commit():
                     self._sink.hurry()
                 self._wait(self._files.poll_interval)
             elif not self._read(tailer) and not self._release_held(time.monotonic()):
@@ -209,11 +178,8 @@ class Worker(Service):
         Batches of the transactions committed before are collected first: their offsets
         hold, they were committed before the one that failed began."""
         self._collect()
-        self._sink.budget.give(self._pending_bytes + self._queued_cost)
-        self._pending.clear()
+        self._ledger.void()
         self._queued, self._queued_at = None, 0
-        self._pending_lines = self._pending_bytes = self._queued_cost = 0
-        self._handed_off = self._handed_off_lines = 0
         self._processor = self._new_processor()
         if not self._sink.wait_ready(self.stopping):
             return
@@ -229,7 +195,7 @@ class Worker(Service):
         away is stopped only once this is False, its last file drained. Attribute reads
         only, from the agent's thread."""
         tailer = self._tailer
-        return bool(self._pending) or (tailer is not None and bool(tailer.files()))
+        return bool(self._ledger) or (tailer is not None and bool(tailer.files()))
 
     def progress(self) -> Progress:
         """Called from the status thread: attribute reads and one stat by name, never a
@@ -255,8 +221,7 @@ class Worker(Service):
         try:
             return self._read_chunk(tailer)
         finally:
-            self._sink.budget.give(self._reserved)
-            self._reserved = 0
+            self._ledger.unreserve()
 
     def _read_chunk(self, tailer: Tailer) -> bool:
         chunk = tailer.read(time.monotonic())
@@ -287,12 +252,9 @@ class Worker(Service):
         in order behind those in flight."""
         if chunk.lines:
             self._queued, self._queued_at = chunk, 0
-            self._queued_cost = self._sink.cost(chunk.lines)
-            self._sink.budget.take(self._queued_cost - self._reserved)   # from the read on
-            self._reserved = 0
+            self._ledger.queue(chunk.lines)
         else:
-            self._track(InFlight(chunk.file, chunk.end_offset, [], [], Sent(0), time.monotonic(),
-                                 0))
+            self._track(InFlight(chunk.file, chunk.end_offset, [], [], Sent(0), 0))
 
     def _release_held(self, now: float, force: bool = False) -> bool:
         """Queue a multiline event that timed out (any, with force); True if one was."""
@@ -321,7 +283,7 @@ class Worker(Service):
         if release is not None:
             subscription.idle_state = None
             return max(0.0, min(release - time.monotonic(), self._files.poll_interval))
-        if self._pending or not (subscription.watched and tailer.notified()):
+        if self._ledger or not (subscription.watched and tailer.notified()):
             subscription.idle_state = None
             return self._files.poll_interval
         current = tailer.current
@@ -329,35 +291,13 @@ class Worker(Service):
                                                                    current.read_pos)
         return None
 
-    def _held_by_commit(self) -> bool:
-        """Exactly-once: only a commit can free what holds this worker back, every batch
-        it has in flight being settled by the broker and awaiting its commit. While the
-        broker has some to settle, their acknowledgements wake the worker and give back
-        most of their cost (the client's share): a commit hurried then stalled every
-        worker for little (one busy file on confluent-kafka hurried one every 14,000
-        lines, twice per transaction_interval)."""
-        return 0 < self._handed_off == len(self._pending)
-
-    def _unsettled_lines(self) -> int:
-        """In flight and not settled by the broker: what the file's line bound holds."""
-        return self._pending_lines - self._handed_off_lines
-
-    def _file_full(self) -> bool:
-        """This file's own in-flight bound: what may be sent. Lines the broker holds and
-        that only await their transaction's commit are bounded by the transaction."""
-        return (self._unsettled_lines() >= self._files.max_in_flight_lines
-                or self._pending_bytes >= self._files.max_in_flight_bytes)
-
     def _reserve(self) -> bool:
         """Reserve the agent-wide budget for the next read (a full chunk of 100-byte
         lines), or be woken when there is room. The queued chunk's memory is counted from
         its read, so the budget holds back reading, never the sending of what was read."""
-        if not self._reserved:
-            size = self._files.read_chunk_bytes
-            estimate = size + self._sink.record_cost * (size // TYPICAL_LINE)
-            if self._sink.budget.reserve(estimate, self._wake.set):
-                self._reserved = estimate
-        return self._reserved > 0
+        size = self._files.read_chunk_bytes
+        return self._ledger.reserve(size + self._sink.record_cost * (size // TYPICAL_LINE),
+                                    self._wake.set)
 
     def _save_opened(self, opened: list[FollowedFile]) -> None:
         """A newly opened file's start offset is saved before its lines are read, so a
@@ -387,19 +327,16 @@ class Worker(Service):
         if sent.count:
             lines = chunk.lines[start:stop]
             self._track(InFlight(chunk.file, end_offset, lines, chunk.offsets[start:stop], sent,
-                                 time.monotonic(), self._sink.cost(lines)))
+                                 self._ledger.cost(lines)))
         self._kafka_state(sent.unavailable)
 
-    def _track(self, batch: InFlight) -> None:
-        sent = batch.sent
-        if sent.skipped:
-            self._too_large.inc(len(sent.skipped))
+    def _track(self, batch: InFlight[FollowedFile]) -> None:
+        skipped = batch.sent.skipped
+        if skipped:
+            self._too_large.inc(len(skipped))
             log.error("%s: %s larger than kafka.max_request_size skipped", self.target,
-                      plural(len(sent.skipped), "line", "lines"))
-        self._pending.append(batch)
-        self._pending_lines += sent.handed_over
-        self._pending_bytes += batch.cost
-        self._queued_cost -= batch.cost
+                      plural(len(skipped), "line", "lines"))
+        self._ledger.track(batch)
 
     def _kafka_state(self, unavailable: str | None) -> None:
         """While Kafka cannot take records, hold the lines and retry with backoff (the
@@ -414,46 +351,22 @@ class Worker(Service):
     def _stalled(self) -> None:
         """Kafka may take records and acknowledge none: the clients would fail them only
         much later (or never, lines being held), so the oldest batch's age is what tells."""
-        if self._pending:
-            self._sink.health.stalled(self._pending[0].sent_at)
+        oldest = self._ledger.oldest_sent_at
+        if oldest is not None:
+            self._sink.health.stalled(oldest)
 
     def _collect(self) -> None:
-        """Pop acknowledged batches in send order and publish the offsets they reach."""
+        """Account for the acknowledged batches in send order and publish the offsets
+        they reach."""
         touched: set[FollowedFile] = set()
-        while self._pending and self._pending[0].done():
-            batch = self._pending.popleft()
-            self._pending_lines -= batch.sent.handed_over
-            self._pending_bytes -= batch.cost
-            if self._handed_off:                # the popped batch led the handed-off ones
-                self._handed_off -= 1
-                self._handed_off_lines -= batch.sent.handed_over
-            self._sink.budget.give(batch.cost)
+        for batch in self._ledger.settle():
             self._account(batch)
-            batch.file.acked_offset = batch.end_offset
-            touched.add(batch.file)
+            batch.source.acked_offset = batch.end
+            touched.add(batch.source)
         if touched:
             self._publish(touched)
-        self._give_back_handed_off()
 
-    def _give_back_handed_off(self) -> None:
-        """Exactly-once: a batch the broker has settled waits for its transaction's commit
-        to count as acknowledged, but the client no longer holds it. Its client's share of
-        the memory bound goes back now, and its lines leave the file's bound: a busy file
-        would otherwise wait for a commit every few thousand lines. Only the leading settled
-        batches are given back, so that they stay a prefix of the deque; at least once, a
-        batch is popped the moment it is settled, so there is none."""
-        for index in range(self._handed_off, len(self._pending)):
-            batch = self._pending[index]
-            if not batch.settled_by_broker():
-                return
-            share = self._sink.record_cost * batch.sent.handed_over
-            batch.cost -= share
-            self._pending_bytes -= share
-            self._sink.budget.give(share)
-            self._handed_off += 1
-            self._handed_off_lines += batch.sent.handed_over
-
-    def _account(self, batch: InFlight) -> None:
+    def _account(self, batch: InFlight[FollowedFile]) -> None:
         failures = batch.sent.delivery.failures() if batch.sent.delivery else []
         other = [error for _, error in failures if not self._sink.is_too_large(error)]
         if other and self._sink.is_topic_error(other[0]):
@@ -464,7 +377,7 @@ class Worker(Service):
             lines = plural(len(failures), "line", "lines")
             brokers = ",".join(self._sink.config.bootstrap_servers)
             raise SinkError(f"{self.target}: Kafka ({brokers}) did not acknowledge {lines}: "
-                            f"{other[0]}; resending from offset {batch.file.acked_offset}")
+                            f"{other[0]}; resending from offset {batch.source.acked_offset}")
         delivered = batch.sent.handed_over - len(failures)
         if failures:
             delivered += self._resend_refused(batch, [index for index, _ in failures])
@@ -480,7 +393,7 @@ class Worker(Service):
         return TopicRefused(f"key={keys}: Kafka ({brokers}) refuses topic {self.target.topic}: "
                             f"{reason}; this entry's lines are held, the others ship")
 
-    def _resend_refused(self, batch: InFlight, indices: list[int]) -> int:
+    def _resend_refused(self, batch: InFlight[FollowedFile], indices: list[int]) -> int:
         """The broker refused records as too large. A client may fail the records
         around the culprit too (kafka-python with idempotence fails every one behind
         it), so all of them are resent alone: only the one really too large is skipped."""
@@ -519,10 +432,10 @@ class Worker(Service):
                     and self._epoch == self._sink.epoch:
                 self._send_batch()
         self._collect()
-        while self._pending and time.monotonic() < deadline:
+        while self._ledger and time.monotonic() < deadline:
             self._wake.wait(0.05)
             self._wake.clear()
             self._collect()
-        if self._pending:
+        if self._ledger:
             log.warning("%s: %s not acknowledged at stop; they will be sent again",
-                        self.target, plural(self._pending_lines, "line", "lines"))
+                        self.target, plural(self._ledger.lines, "line", "lines"))
