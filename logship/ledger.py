@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from logship.sink import InFlightBudget, Sent
+from logship.sink import InFlightBudget, Records, Sent
 
 S = TypeVar("S")
 
@@ -34,6 +34,7 @@ class InFlight(Generic[S]):
     offsets: list[Any]
     sent: Sent
     cost: int                         # memory, against the in-flight bounds
+    records: Records | None = None    # keys and headers, where each record has its own
     sent_at: float = field(default_factory=time.monotonic)
     nbytes: int = field(init=False)
 

@@ -17,8 +17,8 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
 
 from logship.netprobe import PROBE_TIMEOUT, TlsFiles, endpoint_failure
 from logship.supervisor import Service
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Wake = Callable[[], None]
+Headers = list[tuple[str, bytes]]
 OnError = Callable[[str], None]     # an outage reported, by reason; set before any client runs
 REPEAT_EVERY = 60.0
 STALL_AFTER = 10.0
@@ -79,6 +80,17 @@ class Sent:
 
 
 @dataclass(frozen=True)
+class Records:
+    """The keys and headers of each record, for a source whose records differ in them
+    (a journal entry has its unit and cursor), with the cursor each leaves the source at;
+    a file's records take theirs from its Envelope."""
+
+    keys: Sequence[bytes | None]
+    headers: Sequence[Headers]
+    cursors: Sequence[str]
+
+
+@dataclass(frozen=True)
 class Job:
     """A batch of one worker's lines for the client. `position` is the file's position
     after the batch's last line and `epoch` the sink's epoch the worker read from, both
@@ -92,6 +104,35 @@ class Job:
     wake: Wake
     position: FileCheckpoint | None = None
     epoch: int = 0
+    records: Records | None = None
+
+    def messages(self) -> Iterator[tuple[bytes, bytes | None, Headers]]:
+        """(value, key, headers) of each record, in order; made as the client takes them."""
+        if self.records is not None:
+            return zip(self.lines, self.records.keys, self.records.headers)
+        key, head, tail = self.envelope.key, self.envelope.head, self.envelope.tail
+        return ((line, key, [*head, ("offset", b"%d" % offset), *tail])
+                for line, offset in zip(self.lines, self.offsets))
+
+    def position_after(self, count: int) -> FileCheckpoint:
+        """The position after the first `count` lines (at least one), when the client
+        took no more of them."""
+        if count == len(self.lines):
+            return self.position
+        if self.records is not None:
+            return replace(self.position, offset=self.offsets[count - 1] + 1,
+                           cursor=self.records.cursors[count - 1])
+        return replace(self.position, offset=self.offsets[count])
+
+    def part(self, indices: Sequence[int]) -> Job:
+        """The records at these indices, as a job of their own (a resend)."""
+        records = self.records
+        if records is not None:
+            records = Records([records.keys[i] for i in indices],
+                              [records.headers[i] for i in indices],
+                              [records.cursors[i] for i in indices])
+        return replace(self, lines=[self.lines[i] for i in indices],
+                       offsets=[self.offsets[i] for i in indices], records=records)
 
 
 @dataclass
@@ -109,9 +150,6 @@ class Envelope:
     key: bytes | None
     head: tuple[tuple[str, bytes], ...]
     tail: tuple[tuple[str, bytes], ...] = ()
-
-    def headers(self, offset: int) -> list[tuple[str, bytes]]:
-        return [*self.head, ("offset", b"%d" % offset), *self.tail]
 
 
 class InFlightBudget:
@@ -360,8 +398,8 @@ class Sink(ABC):
         """The record key and headers of a target's records, made once per worker."""
         options = target.options
         path = target.path.encode()
-        key = {"path": path, "host": self.host, "none": None}[options.key]
-        tail = tuple((name, _header_value(value)) for name, value in options.fields) \
+        key = {"path": path, "host": self.host}.get(options.key)   # none; a journal's: its own
+        tail = tuple((name, header_value(value)) for name, value in options.fields) \
             if options.format == "raw" else ()
         return Envelope(key, (("path", path), ("host", self.host)), tail)
 
@@ -433,8 +471,7 @@ class Sink(ABC):
         producer if that left it unusable (once per generation)."""
 
     @abstractmethod
-    def resend_alone(self, topic: str, envelope: Envelope, lines: Sequence[bytes],
-                     offsets: Sequence[int], timeout: float) -> Resent:
+    def resend_alone(self, job: Job, timeout: float) -> Resent:
         """Resend each record in a request of its own and wait, so that only a record
         that is too large by itself fails."""
 
@@ -549,6 +586,6 @@ def managed_security(names: dict[str, str]) -> dict[str, str]:
     return {name: f"kafka.{field}" for field, name in names.items()}
 
 
-def _header_value(value: str | int | float | bool) -> bytes:
+def header_value(value: str | int | float | bool) -> bytes:
     """A constant field as a header: its JSON text, but a string is its own bytes."""
     return value.encode() if isinstance(value, str) else json.dumps(value).encode()

@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer,
                              TopicPartition)
@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from logship.errors import ConfigError, SinkError
 from logship.sink import (BROKER_DEFAULT, EXPLAIN_TIMEOUT, NOT_AUTHORIZED, NOT_CREATED,
-                          POSITIONS_CONFIGS, POSITIONS_PARTITIONS, Envelope, Job, OnError,
+                          POSITIONS_CONFIGS, POSITIONS_PARTITIONS, Headers, Job, OnError,
                           Resent, Sent, Sink, TransactionFailed, Transactions, Wake,
                           line_failures, managed_security, positions_not_created,
                           positions_unreadable, security_settings)
@@ -425,14 +425,13 @@ class ConfluentSink(Sink):
         sent = Sent(0)
         batch = BatchDelivery(sent.skipped, job.wake, self.health.available)
         produce = self.producer.produce
-        topic, envelope = job.topic, job.envelope
-        key, head, tail = envelope.key, envelope.head, envelope.tail
+        topic = job.topic
         try:
-            for line, offset in zip(job.lines, job.offsets):
+            for line, key, headers in job.messages():
                 try:
                     produce(topic, line, key, ANY_PARTITION,
                             batch if key is not None else batch.at(sent.count), None, 0,
-                            [*head, ("offset", b"%d" % offset), *tail])
+                            headers)
                 except KafkaException as exc:
                     if not self.is_too_large(exc):
                         raise
@@ -473,8 +472,7 @@ class ConfluentSink(Sink):
     def recover(self, generation: int) -> None:
         """librdkafka fails the refused message set alone and keeps going."""
 
-    def resend_alone(self, topic: str, envelope: Envelope, lines: Sequence[bytes],
-                     offsets: Sequence[int], timeout: float) -> Resent:
+    def resend_alone(self, job: Job, timeout: float) -> Resent:
         """One message per message set and one request in flight, without idempotence,
         through a producer that the poller never polls: each report arrives in the flush()
         of the thread that waits for it, and only a record too large by itself fails."""
@@ -485,21 +483,21 @@ class ConfluentSink(Sink):
                     "max.in.flight.requests.per.connection": 1})
             producer = self._isolation
         resent = Resent()
-        for line, offset in zip(lines, offsets):
-            error = self._send_alone(producer, topic, envelope, line, offset, timeout)
+        for line, key, headers in job.messages():
+            error = self._send_alone(producer, job.topic, line, key, headers, timeout)
             if error is None:
                 resent.delivered += 1
             elif self.is_too_large(KafkaException(error)):
                 resent.too_large += 1
             else:
-                raise SinkError(f"topic={topic}: resend failed: {error.str()}")
+                raise SinkError(f"topic={job.topic}: resend failed: {error.str()}")
         return resent
 
-    def _send_alone(self, producer: Producer, topic: str, envelope: Envelope, line: bytes,
-                    offset: int, timeout: float) -> KafkaError | None:
+    def _send_alone(self, producer: Producer, topic: str, line: bytes, key: bytes | None,
+                    headers: Headers, timeout: float) -> KafkaError | None:
         reports: list[KafkaError | None] = []
         try:
-            producer.produce(topic, line, envelope.key, headers=envelope.headers(offset),
+            producer.produce(topic, line, key, headers=headers,
                              on_delivery=lambda error, _message: reports.append(error))
         except KafkaException as exc:
             return exc.args[0]

@@ -11,7 +11,7 @@ import logging
 import ssl
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
@@ -28,7 +28,7 @@ from kafka.producer.transaction_manager import TransactionManager
 
 from logship.errors import ConfigError, SinkError
 from logship.sink import (BROKER_DEFAULT, EXPLAIN_TIMEOUT, NOT_AUTHORIZED, NOT_CREATED,
-                          POSITIONS_CONFIGS, POSITIONS_PARTITIONS, Envelope, Job, KafkaHealth,
+                          POSITIONS_CONFIGS, POSITIONS_PARTITIONS, Job, KafkaHealth,
                           OnError, Resent, Sent, Sink, TransactionFailed, Transactions,
                           line_failures, managed_security, positions_not_created,
                           positions_unreadable, security_settings)
@@ -334,8 +334,7 @@ class KafkaPythonSink(Sink):
 
     def _produce_job(self, job: Job) -> Sent:
         sent = Sent(self._generation)
-        futures = self._produce(self._producer, sent, job.topic, job.envelope, job.lines,
-                                job.offsets)
+        futures = self._produce(self._producer, sent, job)
         if futures:
             wake = job.wake
             futures[-1].add_callback(lambda _: self.health.available())
@@ -345,16 +344,15 @@ class KafkaPythonSink(Sink):
             self.metadata_missing(job.topic, "metadata")
         return sent
 
-    def _produce(self, producer: KafkaProducer, sent: Sent, topic: str, envelope: Envelope,
-                 lines: Sequence[bytes], offsets: Sequence[int]) -> list[FutureRecordMetadata]:
+    def _produce(self, producer: KafkaProducer, sent: Sent, job: Job
+                 ) -> list[FutureRecordMetadata]:
         futures: list[FutureRecordMetadata] = []
         send = producer.send
-        key, head, tail = envelope.key, envelope.head, envelope.tail
+        topic = job.topic
         try:
-            for line, offset in zip(lines, offsets):
+            for line, key, headers in job.messages():
                 try:
-                    futures.append(send(topic, value=line, key=key, headers=[
-                        *head, ("offset", b"%d" % offset), *tail]))
+                    futures.append(send(topic, value=line, key=key, headers=headers))
                 except MessageSizeTooLargeError:
                     sent.skipped.append(sent.count)
                 sent.count += 1
@@ -401,8 +399,7 @@ class KafkaPythonSink(Sink):
                     "below kafka.max_request_size?)")
         _discard(old)
 
-    def resend_alone(self, topic: str, envelope: Envelope, lines: Sequence[bytes],
-                     offsets: Sequence[int], timeout: float) -> Resent:
+    def resend_alone(self, job: Job, timeout: float) -> Resent:
         """Through a producer without idempotence and one request in flight: there
         kafka-python splits a refused batch down to the record that is too large, and
         only that record fails."""
@@ -413,9 +410,9 @@ class KafkaPythonSink(Sink):
                     linger_ms=0)
             producer = self._isolation
         sent = Sent(self._generation)
-        futures = self._produce(producer, sent, topic, envelope, lines, offsets)
+        futures = self._produce(producer, sent, job)
         if sent.unavailable:
-            raise SinkError(f"topic={topic}: resend failed: {sent.unavailable}")
+            raise SinkError(f"topic={job.topic}: resend failed: {sent.unavailable}")
         producer.flush(timeout=timeout)
         resent = Resent(too_large=len(sent.skipped))
         for future in futures:
@@ -425,7 +422,7 @@ class KafkaPythonSink(Sink):
             elif self.is_too_large(error):
                 resent.too_large += 1
             else:
-                raise SinkError(f"topic={topic}: resend failed: {error}")
+                raise SinkError(f"topic={job.topic}: resend failed: {error}")
         return resent
 
     def close(self, timeout: float) -> None:

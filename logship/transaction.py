@@ -25,13 +25,13 @@ import threading
 import time
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from logship.checkpoint import FileCheckpoint
 from logship.errors import SinkError
-from logship.sink import (REPEAT_EVERY, Delivery, Envelope, Job, PositionsPending, Resent,
+from logship.sink import (REPEAT_EVERY, Delivery, Job, PositionsPending, Resent,
                           Sent, Sink, TransactionFailed, Transactions, Wake)
 from logship.logs import plural
 from logship.supervisor import Backoff, Service
@@ -69,7 +69,7 @@ def position_key(name: str, checkpoint: FileCheckpoint) -> PositionKey:
 
 
 def position_value(checkpoint: FileCheckpoint) -> bytes:
-    return json.dumps(vars(checkpoint)).encode()
+    return json.dumps(checkpoint.as_dict()).encode()
 
 
 def positions_partition(name: str, partitions: int) -> int:
@@ -302,8 +302,7 @@ class TransactionalSink(Sink):
         transaction.wakes.append(job.wake)
         transaction.records += sent.handed_over
         if job.position is not None:
-            position = job.position if sent.count == len(job.lines) \
-                else replace(job.position, offset=job.offsets[sent.count])
+            position = job.position_after(sent.count)
             key = position_key(self.name, position)
             transaction.positions[key] = position
             if self._finished:
@@ -548,9 +547,8 @@ class TransactionalSink(Sink):
     def recover(self, generation: int) -> None:
         self._inner.recover(generation)
 
-    def resend_alone(self, topic: str, envelope: Envelope, lines: Sequence[bytes],
-                     offsets: Sequence[int], timeout: float) -> Resent:
-        return self._inner.resend_alone(topic, envelope, lines, offsets, timeout)
+    def resend_alone(self, job: Job, timeout: float) -> Resent:
+        return self._inner.resend_alone(job, timeout)
 
     def close(self, timeout: float) -> None:
         """Commit what is open (within timeout), then close the client."""

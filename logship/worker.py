@@ -1,17 +1,15 @@
-"""One thread per (path, topic): read lines, send them, move the offset on acknowledgement.
+"""One thread per (path, topic): follow the file by name, read lines, send them, move the
+offset on acknowledgement.
 
-The books of what is in flight are the worker's Ledger, touched by this thread only.
-Kafka's callbacks do nothing but wake the thread; it then takes the batches whose
-records are all done, in send order, so an offset never skips a line that is not
-acknowledged. A record Kafka finally fails makes the worker fail: its supervisor
-restarts it from the last acknowledged offset (duplicates possible, loss not).
+What it does with Kafka (the books of what is in flight, acknowledgements, refusals) it
+shares with every Follower; here is what is a file's own: rotation, truncation, a file
+that appears later, multiline events, and the offsets of each file under the name.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from contextlib import suppress
 from dataclasses import dataclass
@@ -19,25 +17,19 @@ from typing import Callable
 
 from logship.checkpoint import CheckpointStore, FileCheckpoint
 from logship.config import FilesConfig
-from logship.errors import SinkError, TopicRefused
+from logship.follower import DRAIN_TIMEOUT, Follower
 from logship.fswatch import MISSING, DirWatcher, Subscription
-from logship.ledger import Bounds, InFlight, Ledger
+from logship.ledger import InFlight
 from logship.logs import plural
 from logship.metrics import Metrics
 from logship.processors import Processed, Processor
 from logship.sink import Job, Sent, Sink
 from logship.spec import Target
-from logship.supervisor import Backoff, Service
 from logship.tailer import Chunk, FollowedFile, Tailer, TailSettings
 
 log = logging.getLogger(__name__)
 
-DRAIN_TIMEOUT = 4.0
 SEND_BATCH = 1000
-TYPICAL_LINE = 100      # bytes: what a read reserves is a chunk of lines this long
-
-
-RESEND_TIMEOUT = 30.0
 SAVE_WAIT = 5.0
 
 
@@ -52,45 +44,22 @@ class Progress:
     records_sent: int   # acknowledged since this worker started
 
 
-class Worker(Service):
+class Worker(Follower[FollowedFile]):
     def __init__(self, target: Target, files: FilesConfig, allowed_paths: tuple[str, ...],
                  sink: Sink, store: CheckpointStore, watcher: DirWatcher, metrics: Metrics,
                  keys: Callable[[Target], list[str]]) -> None:
-        super().__init__(name=f"worker:{target.topic}:{target.path}")
-        self.target = target
-        self._keys = keys
-        self._files = files
+        super().__init__(target, files, sink, metrics, keys)
         self._settings = TailSettings(files.read_chunk_bytes, files.max_line_bytes,
                                       files.close_rotated_after, files.close_removed_timeout,
                                       allowed_paths)
-        self._sink = sink
         self._store = store
         self._watcher = watcher
-        self._envelope = sink.envelope(target)
         self._processor = self._new_processor()
-        self._wake = threading.Event()
-        self._ledger: Ledger[FollowedFile] = Ledger(
-            sink.budget, sink.record_cost, Bounds(files.max_in_flight_lines,
-                                                  files.max_in_flight_bytes))
         self._queued: Chunk | None = None
         self._queued_at = 0
-        self._outage: Backoff | None = None
         self._tailer: Tailer | None = None
-        self._epoch = 0
-        self.records_sent = 0
-        self._read_lines = metrics.lines_read.labels(target.topic)
-        self._sent = metrics.records_sent.labels(target.topic)
-        self._sent_bytes = metrics.bytes_sent.labels(target.topic)
-        self._errors = metrics.send_errors.labels(target.topic)
-        self._too_large = metrics.lines_skipped.labels(target.topic, "too_large")
         self._truncated = metrics.lines_skipped.labels(target.topic, "truncated")
-        self._filtered = metrics.lines_skipped.labels(target.topic, "filtered")
         self._invalid_json = metrics.invalid_json.labels(target.topic)
-
-    def stop(self) -> None:
-        super().stop()
-        self._wake.set()
-        self._sink.release_waiters()
 
     def _new_processor(self) -> Processor | None:
         """Multiline, filters and formats, when the entry asks for any: its state (a held
@@ -103,13 +72,9 @@ class Worker(Service):
         tailer = self._tailer = Tailer(self.target.path, self._settings)
         subscription = self._watcher.subscribe(self.target.path, self._wake.set)
         try:
-            if not self._sink.wait_ready(self.stopping):
+            opened = self._start_up(lambda: self._restore(tailer))
+            if opened is None:
                 return
-            self._epoch = self._sink.epoch
-            with self.start_gate:
-                if self.stopping.is_set():
-                    return
-                opened = self._restore(tailer)
             self._save_opened(opened)
             self._follow(tailer, subscription)
             self._drain()
@@ -267,10 +232,6 @@ class Worker(Service):
         self._enqueue(released[0])
         return True
 
-    def _wait(self, timeout: float | None) -> None:
-        self._wake.wait(timeout)
-        self._wake.clear()
-
     def _idle_wait(self, tailer: Tailer, subscription: Subscription) -> float | None:
         """An idle worker sleeps until inotify reports a change to its name (or the agent's
         sweep finds one that inotify lost), so a thousand idle files cost nothing: a
@@ -290,14 +251,6 @@ class Worker(Service):
         subscription.idle_state = MISSING if current is None else (*current.identity,
                                                                    current.read_pos)
         return None
-
-    def _reserve(self) -> bool:
-        """Reserve the agent-wide budget for the next read (a full chunk of 100-byte
-        lines), or be woken when there is room. The queued chunk's memory is counted from
-        its read, so the budget holds back reading, never the sending of what was read."""
-        size = self._files.read_chunk_bytes
-        return self._ledger.reserve(size + self._sink.record_cost * (size // TYPICAL_LINE),
-                                    self._wake.set)
 
     def _save_opened(self, opened: list[FollowedFile]) -> None:
         """A newly opened file's start offset is saved before its lines are read, so a
@@ -330,82 +283,16 @@ class Worker(Service):
                                  self._ledger.cost(lines)))
         self._kafka_state(sent.unavailable)
 
-    def _track(self, batch: InFlight[FollowedFile]) -> None:
-        skipped = batch.sent.skipped
-        if skipped:
-            self._too_large.inc(len(skipped))
-            log.error("%s: %s larger than kafka.max_request_size skipped", self.target,
-                      plural(len(skipped), "line", "lines"))
-        self._ledger.track(batch)
-
-    def _kafka_state(self, unavailable: str | None) -> None:
-        """While Kafka cannot take records, hold the lines and retry with backoff (the
-        sink's KafkaHealth says so, once for the agent)."""
-        if unavailable is None:
-            self._outage = None
-            return
-        if self._outage is None:
-            self._outage = Backoff(base=0.5, cap=5.0)
-        self.stopping.wait(self._outage.next_delay(0.0))
-
-    def _stalled(self) -> None:
-        """Kafka may take records and acknowledge none: the clients would fail them only
-        much later (or never, lines being held), so the oldest batch's age is what tells."""
-        oldest = self._ledger.oldest_sent_at
-        if oldest is not None:
-            self._sink.health.stalled(oldest)
-
-    def _collect(self) -> None:
-        """Account for the acknowledged batches in send order and publish the offsets
-        they reach."""
+    def _acknowledged(self, batches: list[InFlight[FollowedFile]]) -> None:
+        """Publish the offsets the acknowledged batches reach, once per file."""
         touched: set[FollowedFile] = set()
-        for batch in self._ledger.settle():
-            self._account(batch)
+        for batch in batches:
             batch.source.acked_offset = batch.end
             touched.add(batch.source)
-        if touched:
-            self._publish(touched)
+        self._publish(touched)
 
-    def _account(self, batch: InFlight[FollowedFile]) -> None:
-        failures = batch.sent.delivery.failures() if batch.sent.delivery else []
-        other = [error for _, error in failures if not self._sink.is_too_large(error)]
-        if other and self._sink.is_topic_error(other[0]):
-            raise self._refused(self._sink.explain_topic(self.target.topic, other[0])
-                                or str(other[0]))
-        if other:
-            self._errors.inc(len(failures))
-            lines = plural(len(failures), "line", "lines")
-            brokers = ",".join(self._sink.config.bootstrap_servers)
-            raise SinkError(f"{self.target}: Kafka ({brokers}) did not acknowledge {lines}: "
-                            f"{other[0]}; resending from offset {batch.source.acked_offset}")
-        delivered = batch.sent.handed_over - len(failures)
-        if failures:
-            delivered += self._resend_refused(batch, [index for index, _ in failures])
-        self._sent.inc(delivered)
-        self._sent_bytes.inc(batch.nbytes)
-        self.records_sent += delivered
-
-    def _refused(self, reason: str) -> TopicRefused:
-        """Only this entry is held: its supervisor restarts it from the last acknowledged
-        offset with a growing backoff, so a fix on the broker's side is picked up."""
-        keys = ",".join(self._keys(self.target)) or "none"
-        brokers = ",".join(self._sink.config.bootstrap_servers)
-        return TopicRefused(f"key={keys}: Kafka ({brokers}) refuses topic {self.target.topic}: "
-                            f"{reason}; this entry's lines are held, the others ship")
-
-    def _resend_refused(self, batch: InFlight[FollowedFile], indices: list[int]) -> int:
-        """The broker refused records as too large. A client may fail the records
-        around the culprit too (kafka-python with idempotence fails every one behind
-        it), so all of them are resent alone: only the one really too large is skipped."""
-        self._sink.recover(batch.sent.generation)
-        resent = self._sink.resend_alone(self.target.topic, self._envelope,
-                                         [batch.lines[i] for i in indices],
-                                         [batch.offsets[i] for i in indices], RESEND_TIMEOUT)
-        if resent.too_large:
-            self._too_large.inc(resent.too_large)
-            log.error("%s: %s refused by the broker as too large; skipped", self.target,
-                      plural(resent.too_large, "line", "lines"))
-        return resent.delivered
+    def _resume_point(self, batch: InFlight[FollowedFile]) -> str:
+        return f"offset {batch.source.acked_offset}"
 
     def _publish(self, files) -> None:
         for followed in files:
@@ -431,11 +318,4 @@ class Worker(Service):
             while self._queued is not None and time.monotonic() < deadline \
                     and self._epoch == self._sink.epoch:
                 self._send_batch()
-        self._collect()
-        while self._ledger and time.monotonic() < deadline:
-            self._wake.wait(0.05)
-            self._wake.clear()
-            self._collect()
-        if self._ledger:
-            log.warning("%s: %s not acknowledged at stop; they will be sent again",
-                        self.target, plural(self._ledger.lines, "line", "lines"))
+        self._await_acknowledgements(deadline)
