@@ -14,7 +14,9 @@ setup: system-packages venv kafka-jars
 # Debian packages for the local services: etcd, a JDK and Maven (Kafka's jars); for
 # the security tests openssl (throw-away certificates) and etcdctl (etcd users and roles);
 # tmux for logship top's tests; promtool for the alert rules' tests, from Debian's
-# prometheus without what it recommends (a node exporter, smartmontools).
+# prometheus without what it recommends (a node exporter, smartmontools); for the journal's
+# tests systemd-journal-remote (it writes real journal files), of the installed systemd's
+# own version: a newer one would upgrade systemd too.
 system-packages:
 	@set -e; missing=""; \
 	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
@@ -24,6 +26,11 @@ system-packages:
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v tmux >/dev/null || missing="$$missing tmux"; \
 	lean=""; command -v promtool >/dev/null || lean="prometheus"; \
+	if [ ! -x /usr/lib/systemd/systemd-journal-remote ]; then \
+	  systemd=$$(dpkg-query -W -f='$${Version}' systemd 2>/dev/null || true); \
+	  missing="$$missing systemd-journal-remote$${systemd:+=$$systemd}"; \
+	  [ -n "$$systemd" ] || missing="$$missing systemd"; \
+	fi; \
 	SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	if [ -n "$$missing$$lean" ]; then \
 	  echo "installing:$$missing $$lean"; \

@@ -24,7 +24,9 @@ from logship.config import Config, load_config
 from logship.discovery import Discovery
 from logship.errors import ConfigError
 from logship.etcd_source import EtcdSource
+from logship.follower import Follower
 from logship.fswatch import DirWatcher, Subscription
+from logship.journal import JournalFollower
 from logship.logs import plural
 from logship.manager import Manager
 from logship.metrics import Metrics, MetricsServer
@@ -61,8 +63,8 @@ def load(path: Path, strict: bool = False) -> Config:
 
 def describe_changes(old: Config, new: Config) -> str:
     """What a reload changes, as an operator names it: sections, and keys added/removed."""
-    parts = [name for name in ("name", "etcd", "kafka", "status", "log", "files", "logs",
-                               "allowed_paths", "state_dir", "metrics_listen")
+    parts = [name for name in ("name", "etcd", "kafka", "status", "log", "files", "journal",
+                               "logs", "allowed_paths", "state_dir", "metrics_listen")
              if getattr(old, name) != getattr(new, name)]
     added = [k for k in new.etcd.keys if k not in old.etcd.keys]
     removed = [k for k in old.etcd.keys if k not in new.etcd.keys]
@@ -265,7 +267,10 @@ class Agent:
     def _new_discovery(self, config: Config) -> Discovery:
         return Discovery(self.watcher, self.store, config.allowed_paths, self._wakeup.set)
 
-    def _new_worker(self, target: Target) -> Worker:
+    def _new_worker(self, target: Target) -> Follower:
+        if target.journal is not None:
+            return JournalFollower(target, self.config.files, self.config.journal.journalctl,
+                                   self.sink, self.store, self.metrics, self.keys_of)
         return Worker(target, self.config.files, self.config.allowed_paths, self.sink, self.store,
                       self.watcher, self.metrics, self.keys_of)
 
@@ -354,7 +359,8 @@ class Agent:
             self._stop_metrics()
             self._start_metrics()
         restart = sink is not self.sink or new.allowed_paths != old.allowed_paths \
-            or replace(new.files, max_files=0) != replace(old.files, max_files=0)
+            or replace(new.files, max_files=0) != replace(old.files, max_files=0) \
+            or new.journal != old.journal
         if restart:
             self.workers.stop_all()
             if sink is not self.sink:

@@ -34,6 +34,10 @@ CLOSED_KEPT = 10_000
 
 @dataclass(frozen=True)
 class FileCheckpoint:
+    """Where a follower stands: a file's identity, fingerprint and byte offset, or for a
+    journal entry (dev 0, ino a hash of its name) the cursor of the last entry
+    acknowledged and the entries acknowledged since its first start as its offset."""
+
     path: str
     topic: str
     dev: int
@@ -41,6 +45,14 @@ class FileCheckpoint:
     fp_len: int
     fp: str
     offset: int
+    cursor: str = ""
+
+    def as_dict(self) -> dict:
+        """Without an empty cursor: a file's checkpoint stays readable by older agents."""
+        data = vars(self)
+        if not self.cursor:
+            data = {name: value for name, value in data.items() if name != "cursor"}
+        return data
 
     @property
     def target(self) -> tuple[str, str]:
@@ -255,7 +267,7 @@ class CheckpointStore:
                 version = self._version
                 if version == self._saved_version:
                     return
-                data = {"version": 1, "files": [vars(cp) for files in self._entries.values()
+                data = {"version": 1, "files": [cp.as_dict() for files in self._entries.values()
                                                 for cp in files.values()]}
                 # json's C encoder (no indent): thousands of files are saved in milliseconds
                 text = json.dumps(data)

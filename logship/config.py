@@ -89,6 +89,13 @@ class FilesConfig:
 
 
 @dataclass(frozen=True)
+class JournalConfig:
+    """How journal entries are read: the journalctl to run, a name on PATH or a path."""
+
+    journalctl: str = "journalctl"
+
+
+@dataclass(frozen=True)
 class StatusConfig:
     """The agent's status document in etcd, on a lease that dies with the agent.
 
@@ -122,6 +129,7 @@ class Config:
     status: StatusConfig = field(default_factory=StatusConfig)
     log: LogConfig = field(default_factory=LogConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
     logs: tuple[Target, ...] = ()
     allowed_paths: tuple[str, ...] = DEFAULT_ALLOWED_PATHS
     state_dir: Path = Path("state")
@@ -460,6 +468,10 @@ def _files(section: _Section) -> FilesConfig:
     )
 
 
+def _journal(section: _Section) -> JournalConfig:
+    return JournalConfig(journalctl=section.get("journalctl", _str, JournalConfig.journalctl))
+
+
 def _logs(value: Any, name: str) -> tuple[Target, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{name}: must be a list of {{path, topic}} entries")
@@ -508,7 +520,8 @@ def parse_config(data: Any, base_dir: Path) -> Config:
     """Validate a parsed YAML document; relative paths are taken from base_dir."""
     root = _Section(data, "")
     sections = {name: _Section(root.get(name, _as_is, None), name)
-                for name in ("agent", "etcd", "kafka", "files", "metrics", "status", "log")}
+                for name in ("agent", "etcd", "kafka", "files", "journal", "metrics", "status",
+                             "log")}
     name = sections["agent"].get("name", _name, socket.gethostname())
     state_dir = _resolved(Path(root.get("state_dir", _str, "state")), base_dir)
     config = Config(
@@ -518,6 +531,7 @@ def parse_config(data: Any, base_dir: Path) -> Config:
         status=_status(sections["status"]),
         log=_log(sections["log"]),
         files=_files(sections["files"]),
+        journal=_journal(sections["journal"]),
         logs=root.get("logs", _logs, ()),
         allowed_paths=root.get("allowed_paths", _list_of(_allowed_glob), DEFAULT_ALLOWED_PATHS),
         state_dir=state_dir,

@@ -34,8 +34,8 @@ class Processor:
         options = target.options
         self._multiline = options.multiline
         self._joiners: dict[FollowedFile, Joiner] = {}
-        self._include = _any_of(options.include_lines)
-        self._exclude = _any_of(options.exclude_lines)
+        self._include = any_of(options.include_lines)
+        self._exclude = any_of(options.exclude_lines)
         self._encode = _json_encoder(target, host) if options.format == "json" else None
 
     @staticmethod
@@ -179,7 +179,7 @@ def _keep(lines: list[bytes], offsets: list[int],
     return list(compress(lines, flags)), list(compress(offsets, flags))
 
 
-def _any_of(patterns: tuple[str, ...]) -> Callable[[bytes], object] | None:
+def any_of(patterns: tuple[str, ...]) -> Callable[[bytes], object] | None:
     """One alternation, so a line is scanned once however many patterns there are."""
     if not patterns:
         return None

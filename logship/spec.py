@@ -1,5 +1,9 @@
 """The etcd value: a JSON array of {path, topic, ...options} entries, parsed into Targets.
 
+An entry may name the systemd journal instead of a file ({"journal": {...}, "topic": T}):
+its Target is named by its filters, "journal:unit=nginx.service,priority=4", so that it
+is followed, supervised, checkpointed and reported like a file.
+
 A value that is not a JSON array is refused whole (SpecError), so the key's running
 workers stay as they are; a bad entry is refused alone and the good ones still apply.
 """
@@ -30,6 +34,14 @@ def valid_topic(topic: object) -> bool:
 
 _FIELDS = {"path", "topic", "read_from", "include_lines", "exclude_lines", "format", "fields",
            "json_message", "key", "multiline"}
+_JOURNAL_ENTRY_FIELDS = {"journal", "topic", "read_from", "include_lines", "exclude_lines",
+                         "format", "fields", "key"}
+_JOURNAL_FIELDS = {"units", "identifiers", "priority", "directory"}
+JOURNAL_KEYS = ("unit", "host", "none")
+JOURNAL_PREFIX = "journal:"
+UNIT_TYPES = ("service", "socket", "device", "mount", "automount", "swap", "target", "path",
+              "timer", "slice", "scope")
+_UNIT = re.compile(r"[A-Za-z0-9:_.\\@-]{1,255}")
 MULTILINE_MATCH = ("after", "before")
 _MULTILINE_FIELDS = {"pattern", "negate", "match", "max_lines", "timeout"}
 RESERVED_FIELDS = ("@timestamp", "message", "path", "host", "offset")
@@ -63,6 +75,28 @@ class Options:
 
 
 @dataclass(frozen=True)
+class Journal:
+    """Which journal entries to ship: those of any of `units` or `identifiers` (all when
+    both are empty), at `priority` or more severe, from `directory` (the system's journal
+    when None)."""
+
+    units: tuple[str, ...] = ()
+    identifiers: tuple[str, ...] = ()
+    priority: int | None = None
+    directory: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The entry's name where a file's path would be: stable, readable, unique."""
+        parts = [f"unit={u}" for u in self.units] + [f"identifier={i}" for i in self.identifiers]
+        if self.priority is not None:
+            parts.append(f"priority={self.priority}")
+        if self.directory is not None:
+            parts.append(f"directory={self.directory}")
+        return JOURNAL_PREFIX + (",".join(parts) or "all")
+
+
+@dataclass(frozen=True)
 class Target:
     """One (path, topic) to ship; read_from only matters the first time the path is seen.
 
@@ -74,6 +108,7 @@ class Target:
     read_from: str = "end"
     options: Options = Options()
     glob: str | None = None
+    journal: Journal | None = None
 
     @property
     def id(self) -> tuple[str, str]:
@@ -86,12 +121,14 @@ class Target:
 
     @property
     def is_glob(self) -> bool:
-        return self.glob is None and is_glob(self.path)
+        return self.glob is None and self.journal is None and is_glob(self.path)
 
     def matched(self, path: str, read_from: str) -> Target:
         return replace(self, path=path, read_from=read_from, glob=self.path)
 
     def __str__(self) -> str:
+        if self.journal is not None:
+            return f"{self.path} topic={self.topic}"
         return f"path={self.path} topic={self.topic}"
 
 
@@ -163,15 +200,85 @@ def _check_glob(path: str) -> None:
 
 def parse_entry(entry: Any) -> Target:
     """Check one entry's shape; raises ValueError naming the bad field."""
+    if isinstance(entry, dict) and "journal" in entry:
+        return _parse_journal_entry(entry)
     _check_object(entry, _FIELDS, "", f"entry must be an object, got {_json_type(entry)}")
     path = _check_path(entry.get("path"))
+    return Target(path, _topic(entry), _read_from(entry), _options(entry))
+
+
+def _topic(entry: dict) -> str:
     topic = entry.get("topic")
-    read_from = entry.get("read_from", "end")
     if not valid_topic(topic):
         raise ValueError(f"topic: not a valid Kafka topic name: {_js(topic)}")
+    return topic
+
+
+def _read_from(entry: dict) -> str:
+    read_from = entry.get("read_from", "end")
     if read_from not in READ_FROM:
         raise ValueError(f"read_from: must be 'end' or 'beginning', got {_js(read_from)}")
-    return Target(path, topic, read_from, _options(entry))
+    return read_from
+
+
+def _parse_journal_entry(entry: dict) -> Target:
+    """A journal entry takes the options that mean something for whole entries: filters
+    on MESSAGE, the format and the key; no multiline (an entry is one event already)."""
+    if "path" in entry:
+        raise ValueError("journal: an entry names either a path or the journal, not both")
+    for name in ("multiline", "json_message"):
+        if name in entry:
+            raise ValueError(f"{name}: not for a journal entry (each entry is one event)")
+    _check_object(entry, _JOURNAL_ENTRY_FIELDS, "", "entry must be an object, got")
+    journal = _journal(entry["journal"])
+    options = Options(
+        include_lines=_regexes(entry, "include_lines"),
+        exclude_lines=_regexes(entry, "exclude_lines"),
+        format=_choice(entry, "format", FORMATS),
+        fields=_constant_fields(entry.get("fields", {})),
+        key=_choice(entry, "key", JOURNAL_KEYS),
+    )
+    return Target(journal.name, _topic(entry), _read_from(entry), options, journal=journal)
+
+
+def _journal(spec: Any) -> Journal:
+    _check_object(spec, _JOURNAL_FIELDS, "journal: ",
+                  "journal: must be an object of filters ({} for the whole journal), got")
+    priority = spec.get("priority")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
+                                 or not 0 <= priority <= 7):
+        raise ValueError(f"journal.priority: must be a syslog level from 0 (emerg) to 7 "
+                         f"(debug), got {_js(priority)}")
+    directory = spec.get("directory")
+    return Journal(tuple(sorted(set(map(_unit, _names(spec, "units"))))),
+                   tuple(sorted(set(_names(spec, "identifiers")))), priority, None if directory is None else _journal_directory(directory))
+
+
+def _names(spec: dict, name: str) -> list[str]:
+    values = spec.get(name, [])
+    if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+        raise ValueError(f"journal.{name}: must be a list of names, got {_js(values)}")
+    for index, value in enumerate(values):
+        if not _UNIT.fullmatch(value):
+            raise ValueError(f"journal.{name}[{index}]: not a unit or identifier name "
+                             f"(no wildcards, spaces or '='): {_js(value)}")
+    return values
+
+
+def _unit(name: str) -> str:
+    """A unit named without its type is a service, as for systemctl and journalctl -u."""
+    return name if name.rpartition(".")[2] in UNIT_TYPES else f"{name}.service"
+
+
+def _journal_directory(directory: Any) -> str:
+    try:
+        directory = _check_path(directory)
+    except ValueError as exc:
+        raise ValueError(f"journal.directory{str(exc).removeprefix('path')}") from None
+    if is_glob(directory):
+        raise ValueError(f"journal.directory: must be one directory, not a glob: "
+                         f"{_js(directory)}")
+    return directory
 
 
 def _check_object(value: Any, known: set[str], where: str, not_an_object: str) -> None:
@@ -271,7 +378,12 @@ def check_allowed(target: Target, allowed: Iterable[str]) -> None:
     """Refuse early what is outside allowed_paths now. Only advisory: the name may point
     elsewhere by the time it is opened, so the worker judges the opened descriptor again.
     A glob is refused when no file under its directory could be allowed; each file it
-    matches is judged by itself."""
+    matches is judged by itself. A journal entry's directory is judged like a path; the
+    system's journal (no directory) is journald's, not a file an entry could name."""
+    if target.journal is not None:
+        if target.journal.directory is not None:
+            _check_directory_allowed(target.journal.directory, allowed)
+        return
     if target.is_glob:
         _check_glob_allowed(target.path, allowed)
         return
@@ -281,6 +393,15 @@ def check_allowed(target: Target, allowed: Iterable[str]) -> None:
         raise ValueError(f"path: {shown(target.path)}: cannot resolve: {exc}") from None
     if not real_path_allowed(real, allowed):
         raise ValueError(f"path: {shown(target.path)} (real path {shown(real)}) "
+                         f"is outside allowed_paths")
+
+
+def _check_directory_allowed(directory: str, allowed: Iterable[str]) -> None:
+    """Every journal file in it must be allowed: the directory as a path, or its files."""
+    real = os.path.realpath(directory)
+    if not (real_path_allowed(real, allowed)
+            or real_path_allowed(os.path.join(real, "x.journal"), allowed)):
+        raise ValueError(f"journal.directory: {shown(directory)} (real path {shown(real)}) "
                          f"is outside allowed_paths")
 
 
