@@ -3,7 +3,7 @@
 Starts its own etcd and Kafka on free loopback ports (tests/harness.py) and runs, each
 part in a module of scripts/benchmarks/ named after it:
 
-- throughput: one file and 100 busy files, shipped by a bare kafka-python producer loop,
+- throughput: one file, 100 busy files and journal entries (`journal`), shipped by a bare kafka-python producer loop,
   kcat -P -l, rsyslog imfile -> omkafka and the real `logship run` on each Kafka client,
   at least once and exactly-once (the shippers are in `shippers`): lines/s, the ratio to
   kcat, CPU µs per line and peak RSS of the shipper's process, in rounds, with the
@@ -29,11 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from benchmarks.common import (AT_LEAST_ONCE, CLIENTS, EXACTLY_ONCE,  # noqa: E402
                                install_missing, make_file, mode, progress, services)
 from benchmarks.fleet import report_fleet, run_fleet  # noqa: E402
+from benchmarks.journal import bench_journal, make_journal  # noqa: E402
 from benchmarks.latency import bench_latency  # noqa: E402
 from benchmarks.report import report, report_scale  # noqa: E402
 from benchmarks.scale import bench_scale, run_scale  # noqa: E402
 from benchmarks.shippers import bare_loop, make_busy_files  # noqa: E402
-from benchmarks.throughput import rounds  # noqa: E402
+from benchmarks.throughput import Inputs, rounds  # noqa: E402
 
 
 def main() -> None:
@@ -43,8 +44,10 @@ def main() -> None:
     with services() as (etcd, kafka, tmp):
         path = tmp / "bench.log"
         make_file(path, lines, size)
-        busy = tmp / "busy"
-        runs, results = rounds(etcd, kafka, path, lines, busy, make_busy_files(busy, size), tmp)
+        busy, journal = tmp / "busy", tmp / "journal"
+        inputs = Inputs(path, lines, busy, make_busy_files(busy, size), journal,
+                        make_journal(journal, lines, size))
+        runs, results = rounds(etcd, kafka, inputs, tmp)
         latency = {f"{client}{mode(delivery)}": progress(
             bench_latency(etcd, kafka, client, tmp, delivery), client, delivery)
             for client in CLIENTS for delivery in (AT_LEAST_ONCE, EXACTLY_ONCE)}
@@ -61,6 +64,17 @@ def main_scale(files: int, client: str) -> None:
     report_scale([result])
 
 
+def main_journal(entries: int, client: str) -> None:
+    """`bench.py --journal N [CLIENT]`: the journal row alone (for profiling)."""
+    with services() as (etcd, kafka, tmp):
+        journal = tmp / "journal"
+        result = bench_journal(etcd, kafka, journal, make_journal(journal, entries, 100), client,
+                               tmp, 0)
+    print(f"{result.shipper}: {result.rate:,.0f} entries/s, "
+          f"{result.cpu_seconds / result.lines * 1e6:.1f} µs CPU an entry, "
+          f"{result.rss_bytes >> 20} MiB")
+
+
 def main_fleet() -> None:
     """`bench.py --fleet`: what a fleet costs etcd, alone."""
     with services() as (etcd, kafka, tmp):
@@ -73,6 +87,8 @@ if __name__ == "__main__":
         bare_loop(*sys.argv[2:5])
     elif sys.argv[1:2] == ["--scale"]:
         main_scale(int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else CLIENTS[0])
+    elif sys.argv[1:2] == ["--journal"]:
+        main_journal(int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else CLIENTS[0])
     elif sys.argv[1:2] == ["--fleet"]:
         main_fleet()
     else:

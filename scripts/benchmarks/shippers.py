@@ -16,7 +16,7 @@ from pathlib import Path
 from kafka import KafkaProducer
 
 from benchmarks.common import (AT_LEAST_ONCE, EXACTLY_ONCE, Result, TopicSize, bench_agent,
-                               cpu_seconds, make_file, memory, mode)
+                               cpu_seconds, link_all, make_file, memory, mode)
 from harness import Agent, Etcd, Kafka, wait_until
 
 BENCH = Path(__file__).resolve().parent.parent / "bench.py"
@@ -160,9 +160,7 @@ def bench_busy_logship(etcd: Etcd, kafka: Kafka, busy: Path, lines: int, client:
     name = f"{client}-busy-{delivery}-{run}"
     topic = f"bench-{name}"
     workdir = tmp / f"logship-{name}"
-    (workdir / "logs").mkdir(parents=True)
-    for path in busy.iterdir():
-        os.link(path, workdir / "logs" / path.name)
+    link_all(busy, workdir / "logs")
     entries = [{"path": f"{workdir}/logs/*.log", "topic": topic, "read_from": "beginning"}]
     agent, seconds, cpu = ship_with_logship(etcd, kafka, workdir, entries, client, lines, topic,
                                             delivery)
