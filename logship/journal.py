@@ -259,9 +259,9 @@ class JournalFollower(Follower[None]):
             log.info("worker stopped %s", self.target)
 
     def _restore(self) -> str:
-        """Resume after the saved cursor; says where. On a first start from the end, the cursor of the
-        last entry there is saved before anything is read, so that a kill -9 right after
-        cannot turn into another first start that skips what came meanwhile."""
+        """Resume after the saved cursor; says where. On a first start from the end, the
+        cursor of the last entry there is saved before anything is read, so that a kill -9
+        right after cannot turn into another first start that skips what came meanwhile."""
         target = self.target
         saved = self._store.for_target(target.topic, target.path)
         # Asked before the first start is marked: a start that fails here is no start.
@@ -449,7 +449,7 @@ class JournalFollower(Follower[None]):
         if sent.refused:
             raise self._refused(sent.refused)
         if sent.count:
-            taken = job.part(range(sent.count))
+            taken = job if sent.count == len(job.lines) else job.part(range(sent.count))
             self._track(InFlight(None, job.position_after(sent.count), taken.lines,
                                  taken.offsets, sent, self._ledger.cost(taken.lines),
                                  taken.records))

@@ -41,7 +41,8 @@ JOURNAL_KEYS = ("unit", "host", "none")
 JOURNAL_PREFIX = "journal:"
 UNIT_TYPES = ("service", "socket", "device", "mount", "automount", "swap", "target", "path",
               "timer", "slice", "scope")
-_UNIT = re.compile(r"[A-Za-z0-9:_.\\@-]{1,255}")
+_UNIT = re.compile(r"[A-Za-z0-9:_.\\@-]{1,255}")       # systemd's unit name characters
+_IDENTIFIER = re.compile(r"[^\x00-\x1f\x7f]{1,255}")       # postfix/smtpd, (sd-pam)
 MULTILINE_MATCH = ("after", "before")
 _MULTILINE_FIELDS = {"pattern", "negate", "match", "max_lines", "timeout"}
 RESERVED_FIELDS = ("@timestamp", "message", "path", "host", "offset")
@@ -250,18 +251,21 @@ def _journal(spec: Any) -> Journal:
         raise ValueError(f"journal.priority: must be a syslog level from 0 (emerg) to 7 "
                          f"(debug), got {_js(priority)}")
     directory = spec.get("directory")
-    return Journal(tuple(sorted(set(map(_unit, _names(spec, "units"))))),
-                   tuple(sorted(set(_names(spec, "identifiers")))), priority, None if directory is None else _journal_directory(directory))
+    directory = None if directory is None else _journal_directory(directory)
+    return Journal(tuple(sorted(set(map(_unit, _names(spec, "units", _UNIT))))),
+                   tuple(sorted(set(_names(spec, "identifiers", _IDENTIFIER)))), priority,
+                   directory)
 
 
-def _names(spec: dict, name: str) -> list[str]:
+def _names(spec: dict, name: str, valid: re.Pattern[str]) -> list[str]:
     values = spec.get(name, [])
     if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
         raise ValueError(f"journal.{name}: must be a list of names, got {_js(values)}")
     for index, value in enumerate(values):
-        if not _UNIT.fullmatch(value):
-            raise ValueError(f"journal.{name}[{index}]: not a unit or identifier name "
-                             f"(no wildcards, spaces or '='): {_js(value)}")
+        if not valid.fullmatch(value):
+            what = "a unit name (no wildcards or spaces)" if valid is _UNIT \
+                else "an identifier (no control characters)"
+            raise ValueError(f"journal.{name}[{index}]: must be {what}, got {_js(value)}")
     return values
 
 

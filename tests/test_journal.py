@@ -28,19 +28,21 @@ def test_the_whole_journal_and_its_name():
     assert target.path == "journal:all" and target.read_from == "end"
     assert target.options.key == "unit" and not target.is_glob
     named = journal_target(filters={"units": ["sshd", "nginx.service", "nginx"],
-                                    "identifiers": ["CRON"], "priority": 4,
+                                    "identifiers": ["CRON", "postfix/smtpd"], "priority": 4,
                                     "directory": DIRECTORY + "/"})
     assert named.path == ("journal:unit=nginx.service,unit=sshd.service,identifier=CRON,"
-                          "priority=4,directory=/var/log/journal")
+                          "identifier=postfix/smtpd,priority=4,directory=/var/log/journal")
     assert str(named) == f"{named.path} topic=journal"
 
 
 @pytest.mark.parametrize("entry, message", [
     ({"journal": [], "topic": "j"}, "journal: must be an object of filters"),
-    ({"journal": {"unit": ["a"]}, "topic": "j"}, "journal: unknown field 'unit'; did you mean units?"),
+    ({"journal": {"unit": ["a"]}, "topic": "j"},
+     "journal: unknown field 'unit'; did you mean units?"),
     ({"journal": {"units": "nginx"}, "topic": "j"}, "journal.units: must be a list of names"),
-    ({"journal": {"units": ["ngi*"]}, "topic": "j"}, "journal.units[0]: not a unit or identifier"),
-    ({"journal": {"identifiers": ["a=b"]}, "topic": "j"}, "journal.identifiers[0]: not a unit"),
+    ({"journal": {"units": ["ngi*"]}, "topic": "j"}, "journal.units[0]: must be a unit name"),
+    ({"journal": {"identifiers": ["a\nb"]}, "topic": "j"},
+     "journal.identifiers[0]: must be an identifier"),
     ({"journal": {"priority": 8}, "topic": "j"}, "journal.priority: must be a syslog level"),
     ({"journal": {"priority": True}, "topic": "j"}, "journal.priority: must be a syslog level"),
     ({"journal": {"directory": "journal"}, "topic": "j"},
@@ -48,7 +50,8 @@ def test_the_whole_journal_and_its_name():
     ({"journal": {"directory": "/var/log/*"}, "topic": "j"},
      "journal.directory: must be one directory, not a glob"),
     ({"journal": {}, "topic": "bad topic"}, "topic: not a valid Kafka topic name"),
-    ({"journal": {}, "path": "/var/log/a", "topic": "j"}, "journal: an entry names either a path or the journal"),
+    ({"journal": {}, "path": "/var/log/a", "topic": "j"},
+     "journal: an entry names either a path or the journal"),
     ({"journal": {}, "topic": "j", "multiline": {"pattern": "^ "}},
      "multiline: not for a journal entry"),
     ({"journal": {}, "topic": "j", "key": "path"}, "key: must be one of unit, host, none"),
