@@ -96,11 +96,11 @@ def logship(*args: str, stdin: bytes | None = None, **kwargs) -> subprocess.Comp
                           capture_output=True, timeout=120, **kwargs)
 
 
-def as_in_a_terminal() -> None:
-    """For preexec_fn: Ctrl-C stops a terminal's foreground job, even when the test suite
-    itself was started in the background, where SIGINT is ignored and its children
-    inherit that."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+AS_IN_A_TERMINAL = ["env", "--default-signal=INT"]
+"""A command's prefix: Ctrl-C stops a terminal's foreground job, even when the test suite
+itself was started in the background, where SIGINT is ignored and its children inherit
+that. Not a preexec_fn: Python code run between fork and exec aborts the child while
+gRPC's threads (an etcd3 client of the test) run in the test process."""
 
 
 def without_module(directory: Path, module: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import SCRIPTS, as_in_a_terminal, free_port_pair, port_open, wait_until
+from harness import AS_IN_A_TERMINAL, SCRIPTS, free_port_pair, port_open, wait_until
 
 
 @pytest.mark.parametrize("script, usage", [
@@ -29,10 +29,10 @@ def test_every_script_says_its_usage(script, usage):
 def test_a_started_service_outlives_ctrl_c_in_the_terminal_that_started_it(tmp_path):
     port, data = free_port_pair(), tmp_path / "etcd"
     # A terminal's foreground process group: `make run`, its scripts, then the agent.
-    terminal = subprocess.Popen(["bash", "-c", f"'{SCRIPTS}/local-etcd.sh' start {port} '{data}'"
-                                               f" && exec sleep 600"],
-                                start_new_session=True, stdout=subprocess.PIPE, text=True,
-                                preexec_fn=as_in_a_terminal)
+    terminal = subprocess.Popen([*AS_IN_A_TERMINAL, "bash", "-c",
+                                 f"'{SCRIPTS}/local-etcd.sh' start {port} '{data}'"
+                                 f" && exec sleep 600"],
+                                start_new_session=True, stdout=subprocess.PIPE, text=True)
     try:
         assert terminal.stdout.readline() == (      # printed once the port answers
             f"started etcd on 127.0.0.1:{port} (data in {data}); it keeps running after the "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import (Agent, Etcd, as_in_a_terminal, etcd_metric, logship, stat_fields, unique,
+from harness import (AS_IN_A_TERMINAL, Agent, Etcd, etcd_metric, logship, stat_fields, unique,
                      wait_until)
 from test_delivery_e2e import Writer
 from test_fleet_e2e import fleet_documents
@@ -37,9 +37,8 @@ class Terminal:
 
     def _tmux(self, *args) -> str:
         """The server, started by the first call, passes Ctrl-C to its panes' commands."""
-        return subprocess.run(["tmux", "-L", self._socket, *map(str, args)], check=True,
-                              capture_output=True, timeout=10,
-                              preexec_fn=as_in_a_terminal).stdout.decode()
+        return subprocess.run([*AS_IN_A_TERMINAL, "tmux", "-L", self._socket, *map(str, args)],
+                              check=True, capture_output=True, timeout=10).stdout.decode()
 
     def screen(self) -> str:
         return self._tmux("capture-pane", "-p", "-t", "top")
