@@ -74,6 +74,18 @@ class Follower(Service, Generic[S]):
                 return None
             return restore()
 
+    def _void_sent(self) -> bool:
+        """Exactly-once: what was sent since the last commit is void (an aborted
+        transaction). The batches of the transactions committed before are collected
+        first: their positions hold. Then wait until the positions kept in Kafka are read
+        again; False if stopped first."""
+        self._collect()
+        self._ledger.void()
+        if not self._sink.wait_ready(self.stopping):
+            return False
+        self._epoch = self._sink.epoch
+        return True
+
     def _acknowledged(self, batches: list[InFlight[S]]) -> None:
         """Move the positions the acknowledged batches reach, in send order."""
         raise NotImplementedError

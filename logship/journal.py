@@ -114,7 +114,7 @@ class EntryFormat:
     def __init__(self, target: Target, host: bytes) -> None:
         options = target.options
         self._host = host
-        self._key = options.key
+        self._key_by_unit, self._key_by_host = options.key == "unit", options.key == "host"
         self._json = options.format == "json"
         self._fields = dict(options.fields)
         self._tail = tuple((name, header_value(value)) for name, value in options.fields)
@@ -134,7 +134,7 @@ class EntryFormat:
             return cursor, None
         unit = field_bytes(entry.get("_SYSTEMD_UNIT") or entry.get("SYSLOG_IDENTIFIER"))
         host = field_bytes(entry.get("_HOSTNAME")) or self._host
-        key = {"unit": unit or None, "host": host, "none": None}[self._key]
+        key = (unit or None) if self._key_by_unit else host if self._key_by_host else None
         headers = [("host", host), ("unit", unit), ("priority", field_bytes(entry.get("PRIORITY"))),
                    ("cursor", cursor.encode())]
         if self._json:
@@ -468,13 +468,10 @@ class JournalFollower(Follower[None]):
     def _resume_committed(self) -> None:
         """Exactly-once: what was sent since the last commit is void (an aborted
         transaction); journalctl starts again after the committed cursor."""
-        self._collect()
-        self._ledger.void()
         self._queued, self._queued_at = None, 0
         self._stop_child()
-        if not self._sink.wait_ready(self.stopping):
+        if not self._void_sent():
             return
-        self._epoch = self._sink.epoch
         saved = self._store.for_target(self.target.topic, self.target.path)
         self._read = self._acked = saved[0] if saved else self._acked
         log.debug("%s: reading again after the committed cursor", self.target)

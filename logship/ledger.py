@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 from logship.sink import InFlightBudget, Records, Sent
 
@@ -83,9 +83,6 @@ class Ledger(Generic[S]):
     def __bool__(self) -> bool:
         return bool(self._pending)
 
-    def __iter__(self) -> Iterator[InFlight[S]]:
-        return iter(self._pending)
-
     @property
     def lines(self) -> int:
         return self._lines
@@ -109,13 +106,12 @@ class Ledger(Generic[S]):
         self._budget.give(self._reserved)
         self._reserved = 0
 
-    def queue(self, lines: list[bytes]) -> int:
+    def queue(self, lines: list[bytes]) -> None:
         """Lines read and queued to send: their cost replaces the read's reservation."""
         cost = self.cost(lines)
         self._budget.take(cost - self._reserved)
         self._queued += cost
         self._reserved = 0
-        return cost
 
     def track(self, batch: InFlight[S]) -> None:
         """A batch sent (or, with no lines, one that only moves the position)."""

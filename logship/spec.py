@@ -232,14 +232,8 @@ def _parse_journal_entry(entry: dict) -> Target:
             raise ValueError(f"{name}: not for a journal entry (each entry is one event)")
     _check_object(entry, _JOURNAL_ENTRY_FIELDS, "", "entry must be an object, got")
     journal = _journal(entry["journal"])
-    options = Options(
-        include_lines=_regexes(entry, "include_lines"),
-        exclude_lines=_regexes(entry, "exclude_lines"),
-        format=_choice(entry, "format", FORMATS),
-        fields=_constant_fields(entry.get("fields", {})),
-        key=_choice(entry, "key", JOURNAL_KEYS),
-    )
-    return Target(journal.name, _topic(entry), _read_from(entry), options, journal=journal)
+    return Target(journal.name, _topic(entry), _read_from(entry), _options(entry, JOURNAL_KEYS),
+                  journal=journal)
 
 
 def _journal(spec: Any) -> Journal:
@@ -294,14 +288,14 @@ def _check_object(value: Any, known: set[str], where: str, not_an_object: str) -
                          f"{did_you_mean(str(unknown[0]), known)}")
 
 
-def _options(entry: dict) -> Options:
+def _options(entry: dict, keys: tuple[str, ...] = KEYS) -> Options:
     options = Options(
         include_lines=_regexes(entry, "include_lines"),
         exclude_lines=_regexes(entry, "exclude_lines"),
         format=_choice(entry, "format", FORMATS),
         fields=_constant_fields(entry.get("fields", {})),
         json_message=entry.get("json_message", False),
-        key=_choice(entry, "key", KEYS),
+        key=_choice(entry, "key", keys),
         multiline=_multiline(entry["multiline"]) if "multiline" in entry else None,
     )
     if not isinstance(options.json_message, bool):

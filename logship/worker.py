@@ -139,16 +139,11 @@ class Worker(Follower[FollowedFile]):
         """Exactly-once: what was sent since the last commit is void (an aborted
         transaction), so every open file reads again from its committed offset, or from
         the position read from Kafka when that is further on (another agent with this
-        name shipped meanwhile). The files stay open: a rotated one may have no name.
-        Batches of the transactions committed before are collected first: their offsets
-        hold, they were committed before the one that failed began."""
-        self._collect()
-        self._ledger.void()
+        name shipped meanwhile). The files stay open: a rotated one may have no name."""
         self._queued, self._queued_at = None, 0
         self._processor = self._new_processor()
-        if not self._sink.wait_ready(self.stopping):
+        if not self._void_sent():
             return
-        self._epoch = self._sink.epoch
         saved = {cp.identity: cp.offset
                  for cp in self._store.for_target(self.target.topic, self.target.path)}
         for followed in tailer.files():
